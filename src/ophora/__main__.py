@@ -1,0 +1,3 @@
+from ophora.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""Find, check and load CogVideoX-family pipelines; write tiny random ones for tests and the demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ophora.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+# What a complete diffusers CogVideoX pipeline folder holds: (component, files of which one must exist).
+REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
+    "model_index.json": ("model_index.json",),
+    "transformer": ("transformer/config.json",),
+    "transformer weights": (
+        "transformer/diffusion_pytorch_model.safetensors",
+        "transformer/diffusion_pytorch_model.safetensors.index.json",
+    ),
+    "vae": ("vae/config.json",),
+    "vae weights": ("vae/diffusion_pytorch_model.safetensors",),
+    "text_encoder": ("text_encoder/config.json",),
+    "text_encoder weights": ("text_encoder/model.safetensors", "text_encoder/model.safetensors.index.json"),
+    "tokenizer": ("tokenizer/spiece.model", "tokenizer/tokenizer.json"),
+    "scheduler": ("scheduler/scheduler_config.json",),
+}
+
+# The CogVideoX-2b scheduler settings (v-prediction, zero-terminal-SNR, trailing spacing).
+SCHEDULER_CONFIG = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "set_alpha_to_one": True,
+    "snr_shift_scale": 3.0,
+    "steps_offset": 0,
+    "timestep_spacing": "trailing",
+    "trained_betas": None,
+}
+
+
+def missing_parts(folder: Path, parts: dict[str, tuple[str, ...]] = REQUIRED_PARTS) -> list[str]:
+    """Names of the pipeline parts that `folder` lacks (empty when it is complete)."""
+    return [name for name, files in parts.items() if not any((folder / f).is_file() for f in files)]
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_model(model: str, parts: dict[str, tuple[str, ...]] = REQUIRED_PARTS) -> Path:
+    """Return a local folder holding the pipeline `model` (a folder or a hub id), or raise ModelError.
+
+    A local folder is checked for completeness; a hub id is fetched (or found in the local hub cache)
+    with huggingface_hub. Neither path ever runs remote code.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        missing = missing_parts(path, parts)
+        if missing:
+            raise ModelError(f"model folder {path} is incomplete: missing {', '.join(missing)}")
+        return path
+    if not HUB_ID.match(model):
+        raise ModelError(f"model {model!r} is neither an existing local folder nor a hub id of the form 'owner/name'")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as exc:  # huggingface_hub raises many kinds; all mean "not obtainable"
+        raise ModelError(
+            f"cannot get {model!r} from the Hugging Face hub ({type(exc).__name__}); "
+            "download it elsewhere and pass the local folder with --model PATH"
+        ) from None
+    missing = missing_parts(local, parts)
+    if missing:
+        raise ModelError(f"hub model {model!r} is incomplete: missing {', '.join(missing)}")
+    return local
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """bf16 on GPUs, fp32 on the CPU."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def parse_dtype(name: str | None, device: str | torch.device) -> torch.dtype:
+    """Map 'bf16' | 'fp16' | 'fp32' (or None for the device default) to a torch dtype."""
+    if name is None or name == "auto":
+        return default_dtype(device)
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name not in table:
+        raise ModelError(f"--dtype must be one of {', '.join(table)}, got {name!r}")
+    return table[name]
+
+
+def make_scheduler(kind: str, config: dict):
+    """A CogVideoX scheduler ('dpm' or 'ddim') from a scheduler config, with trailing timestep spacing."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+
+    classes = {"dpm": CogVideoXDPMScheduler, "ddim": CogVideoXDDIMScheduler}
+    if kind not in classes:
+        raise ModelError(f"scheduler must be one of {', '.join(classes)}, got {kind!r}")
+    return classes[kind].from_config(config, timestep_spacing="trailing")
+
+
+def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype | None = None, scheduler: str = "dpm"):
+    """Load a CogVideoX pipeline from a local folder or hub id onto `device`."""
+    from diffusers import CogVideoXPipeline
+
+    folder = resolve_model(model)
+    dtype = dtype or default_dtype(device)
+    try:
+        pipe = CogVideoXPipeline.from_pretrained(folder, torch_dtype=dtype)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ModelError(f"cannot load the pipeline in {folder}: {exc}") from None
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    return pipe.to(device)
+
+
+TOKENIZER_CORPUS = """\
+Create the main incision with a keratome at the temporal limbus.
+Inject viscoelastic into the anterior chamber to maintain its depth.
+Perform a continuous curvilinear capsulorhexis with forceps.
+Hydrodissect the lens with balanced salt solution through a cannula.
+Emulsify the nucleus with the phaco probe using a divide and conquer technique.
+Aspirate the remaining cortex with the irrigation aspiration handpiece.
+Polish the posterior capsule gently.
+Implant the foldable intraocular lens into the capsular bag with the injector.
+Rotate and position the lens haptics in the bag.
+Remove the viscoelastic from behind the lens.
+Flush the anterior chamber and hydrate the wound edges.
+Inject intracameral antibiotics and check that the incisions are sealed.
+Generate a surgical video clip with the current surgical phase as incision.
+Carefully remove cortex while managing aspiration to prevent zonular stress.
+"""
+
+
+def train_tiny_tokenizer(folder: Path, vocab_size: int = 256) -> None:
+    """Train a T5-style sentencepiece unigram tokenizer on a surgical corpus and save it in `folder`."""
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text(TOKENIZER_CORPUS * 4)
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=str(folder / "spiece"), vocab_size=vocab_size,
+            model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
+            character_coverage=1.0, minloglevel=2, num_threads=1,
+        )
+    (folder / "spiece.vocab").unlink()
+    tokenizer = T5Tokenizer.from_pretrained(folder, extra_ids=0, legacy=False, model_max_length=226)
+    tokenizer.save_pretrained(folder)
+
+
+def make_tiny_model(folder: str | Path, seed: int = 0, size: str = "tiny") -> Path:
+    """Write a randomly initialised CogVideoX pipeline in the diffusers on-disk layout.
+
+    `size="tiny"` samples 9 frames at 64x64 in seconds on a CPU. The text encoder keeps T5's 226-token
+    context so prompts are handled exactly as by CogVideoX-2b. The weights are random: outputs are noise.
+    """
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    sizes = {
+        "tiny": dict(heads=2, head_dim=16, layers=2, text_dim=32, vae=(8, 8, 8, 8), groups=4, t5_layers=2),
+        "small": dict(heads=4, head_dim=32, layers=4, text_dim=64, vae=(32, 32, 64, 64), groups=8, t5_layers=2),
+    }
+    if size not in sizes:
+        raise ModelError(f"size must be one of {', '.join(sizes)}, got {size!r}")
+    s = sizes[size]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    train_tiny_tokenizer(folder / "tokenizer")
+    tokenizer = T5Tokenizer.from_pretrained(folder / "tokenizer")
+    text_encoder = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=s["text_dim"], d_kv=16, d_ff=2 * s["text_dim"],
+        num_layers=s["t5_layers"], num_heads=2, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ))
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=s["heads"], attention_head_dim=s["head_dim"], num_layers=s["layers"],
+        text_embed_dim=s["text_dim"], time_embed_dim=s["heads"] * s["head_dim"],
+        sample_width=90, sample_height=60, sample_frames=49, max_text_seq_length=226,
+    )
+    vae = AutoencoderKLCogVideoX(block_out_channels=s["vae"], norm_num_groups=s["groups"], layers_per_block=1, latent_channels=16)
+    pipe = CogVideoXPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+        scheduler=CogVideoXDDIMScheduler(**SCHEDULER_CONFIG),
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    (folder / "ophora_tiny.json").write_text(json.dumps({"size": size, "seed": seed, "note": "random weights"}))
+    log.info("wrote a %s random CogVideoX pipeline to %s", size, folder)
+    return folder
