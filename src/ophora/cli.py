@@ -43,6 +43,62 @@ def _tiny(args: argparse.Namespace) -> None:
     print(make_tiny_model(args.dir, seed=args.seed, size=args.size))
 
 
+# ---------------------------------------------------------------------------------------------- sample
+
+
+def _sample_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="hub id (e.g. General-Medical-AI/Ophora) or local diffusers folder")
+    p.add_argument("--out", required=True, help="output folder: <out>/<clip id>/<n>.mp4, manifest.csv, index.html")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompts", help="CSV (see --prompt-column/--id-column) or .txt file with one prompt a line")
+    src.add_argument("--prompt", help="a single prompt")
+    p.add_argument("--prompt-column", default="caption prompt")
+    p.add_argument("--id-column", default="clip id")
+    p.add_argument("--videos-per-prompt", type=int, default=1)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (dynamic CFG)")
+    p.add_argument("--no-dynamic-cfg", dest="dynamic_cfg", action="store_false", help="constant guidance scale")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--frames", type=int, default=49, help="4k+1 frames")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=720)
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--device", default=None, help="default: cuda:<local rank> if a GPU is present, else cpu")
+    p.add_argument("--scheduler", choices=["dpm", "ddim"], default="dpm")
+    p.add_argument("--lora", default=None, help="LoRA weights (folder or .safetensors) to apply")
+    p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--vae-tiling", choices=["auto", "on", "off"], default="auto",
+                   help="auto: decode untiled when it fits in free GPU memory")
+    p.add_argument("--crf", type=int, default=18, help="H.264 quality (lower is better)")
+    p.add_argument("--overwrite", action="store_true", help="redo videos that already exist")
+
+
+@command("sample", "generate videos from prompts (multi-GPU with torchrun), resumable", _sample_args)
+def _sample(args: argparse.Namespace) -> int:
+    from ophora.sample import SampleConfig, sample
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
+    summary = sample(SampleConfig(**fields))
+    return 1 if summary.failed else 0
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo", help="folder for everything the demo writes (default: ./demo)")
+    p.add_argument("--model", default=None, help="sample with this model instead of the untrained tiny one")
+
+
+@command("demo", "run the pipeline end to end on a tiny untrained model and write a gallery", _demo_args)
+def _demo(args: argparse.Namespace) -> None:
+    from ophora.demo import run_demo
+
+    print(run_demo(args.out, model=args.model))
+
+
 # ---------------------------------------------------------------------------------------------- entry point
 
 

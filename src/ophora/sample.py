@@ -1,0 +1,393 @@
+"""Batch text-to-video generation from a prompt file, sharded over ranks, resumable.
+
+Every video is one job `(clip id, n)`. Its seed is derived from `(seed, clip id, n)`, so a video is the
+same whichever rank makes it and however many ranks run. A finished job leaves `<clip id>/<n>.mp4` and
+its record `<clip id>/<n>.json`; rank 0 gathers the records into `manifest.csv` and `index.html`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ophora import __version__
+from ophora.errors import InputError, OphoraError
+from ophora.gallery import write_gallery
+from ophora.media import write_video
+from ophora.models import load_pipeline, parse_dtype
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ["clip id", "n", "prompt", "seed", "model", "steps", "guidance", "frames", "fps", "size", "seconds", "path"]
+
+
+@dataclass
+class SampleConfig:
+    """Everything `ophora sample` needs; the CLI flags map one to one."""
+
+    model: str
+    out: Path
+    prompts: Path | None = None
+    prompt: str | None = None
+    prompt_column: str = "caption prompt"
+    id_column: str = "clip id"
+    videos_per_prompt: int = 1
+    steps: int = 50
+    guidance: float = 6.0
+    dynamic_cfg: bool = True
+    negative_prompt: str = ""
+    frames: int = 49
+    height: int = 480
+    width: int = 720
+    fps: int = 8
+    seed: int = 42
+    dtype: str | None = None
+    device: str | None = None
+    scheduler: str = "dpm"
+    lora: str | None = None
+    lora_scale: float = 1.0
+    vae_tiling: str = "auto"
+    crf: int = 18
+    overwrite: bool = False
+    step_progress: bool | None = None
+
+    def settings(self) -> dict:
+        """The settings a finished video depends on (besides its prompt and seed)."""
+        keys = ["model", "steps", "guidance", "dynamic_cfg", "negative_prompt", "frames", "height", "width",
+                "fps", "scheduler", "lora", "lora_scale"]
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass(frozen=True)
+class Job:
+    clip_id: str
+    n: int
+    prompt: str
+    seed: int
+
+
+@dataclass
+class SampleSummary:
+    made: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, int, str]] = field(default_factory=list)
+
+    @property
+    def seconds_per_video(self) -> float:
+        return self.seconds / self.made if self.made else 0.0
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def check_settings(config: SampleConfig) -> None:
+    """Catch every bad setting before any model is loaded."""
+    if (config.prompts is None) == (config.prompt is None):
+        raise InputError("give exactly one of --prompts FILE or --prompt TEXT")
+    if config.frames < 1 or (config.frames - 1) % 4:
+        raise InputError(f"--frames must be of the form 4k+1 (9, 13, ..., 49), got {config.frames}")
+    for name in ("height", "width"):
+        value = getattr(config, name)
+        if value <= 0 or value % 16:
+            raise InputError(f"--{name} must be a positive multiple of 16, got {value}")
+    for name in ("steps", "videos_per_prompt", "fps"):
+        if getattr(config, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.vae_tiling not in ("auto", "on", "off"):
+        raise InputError(f"--vae-tiling must be auto, on or off, got {config.vae_tiling!r}")
+    if config.lora is not None and not Path(config.lora).exists():
+        raise InputError(f"LoRA weights not found: {config.lora}")
+
+
+def _check_prompt_table(rows: list[tuple[str, str]], source: str) -> None:
+    seen: dict[str, int] = {}
+    for line, (clip_id, prompt) in enumerate(rows, start=2):
+        if not clip_id:
+            raise InputError(f"{source} line {line}: empty clip id")
+        if "/" in clip_id or "\\" in clip_id or clip_id in (".", ".."):
+            raise InputError(f"{source} line {line}: clip id {clip_id!r} cannot be a folder name")
+        if not prompt:
+            raise InputError(f"{source} line {line}: empty prompt for clip id {clip_id!r}")
+        if clip_id in seen:
+            raise InputError(f"{source}: duplicate clip id {clip_id!r} on lines {seen[clip_id]} and {line}")
+        seen[clip_id] = line
+
+
+def read_prompts(config: SampleConfig) -> list[tuple[str, str]]:
+    """(clip id, prompt) pairs from --prompt, a .txt file (one a line) or a CSV file."""
+    if config.prompt is not None:
+        prompt = config.prompt.strip()
+        if not prompt:
+            raise InputError("--prompt is empty")
+        return [("prompt", prompt)]
+    path = Path(config.prompts)
+    if not path.is_file():
+        raise InputError(f"prompts file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"prompts file {path} is not UTF-8 text") from None
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        columns = reader.fieldnames or []
+        wanted = [config.id_column, config.prompt_column]
+        absent = [c for c in wanted if c not in columns]
+        if absent:
+            raise InputError(
+                f"{path} has no column {', '.join(repr(c) for c in absent)}; its columns are "
+                f"{', '.join(repr(c) for c in columns) or 'none'} (choose with --id-column / --prompt-column)"
+            )
+        rows = [((r[config.id_column] or "").strip(), (r[config.prompt_column] or "").strip()) for r in reader]
+    else:
+        lines = [ln.strip() for ln in text.splitlines()]
+        rows = [(f"{i:04d}", ln) for i, ln in enumerate((ln for ln in lines if ln), start=1)]
+    if not rows:
+        raise InputError(f"{path} holds no prompts")
+    _check_prompt_table(rows, str(path))
+    return rows
+
+
+def video_seed(seed: int, clip_id: str, n: int) -> int:
+    """A 63-bit seed that depends only on the run seed, the clip id and the video's index."""
+    digest = hashlib.sha256(f"{seed}\x1f{clip_id}\x1f{n}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def plan_jobs(prompts: list[tuple[str, str]], videos_per_prompt: int, seed: int) -> list[Job]:
+    return [Job(cid, n, p, video_seed(seed, cid, n)) for cid, p in prompts for n in range(videos_per_prompt)]
+
+
+def shard(jobs: list[Job], rank: int, world: int) -> list[Job]:
+    """The jobs of one rank: round-robin, so ranks get near-equal work."""
+    return jobs[rank::world]
+
+
+# ------------------------------------------------------------------------------------------- outputs
+
+
+def video_path(out: Path, job: Job) -> Path:
+    return out / job.clip_id / f"{job.n}.mp4"
+
+
+def record_path(out: Path, job: Job) -> Path:
+    return out / job.clip_id / f"{job.n}.json"
+
+
+def error_path(out: Path, job: Job) -> Path:
+    return out / job.clip_id / f"{job.n}.error.json"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def is_done(out: Path, job: Job, config: SampleConfig) -> bool:
+    """True when the job's video and record exist; raises if they were made with other settings."""
+    video, record = video_path(out, job), record_path(out, job)
+    if not (video.is_file() and record.is_file()):
+        return False
+    old = json.loads(record.read_text())
+    theirs = {**old.get("settings", {}), "prompt": old.get("prompt"), "seed": old.get("seed")}
+    ours = {**config.settings(), "prompt": job.prompt, "seed": job.seed}
+    changed = [k for k in ours if theirs.get(k) != ours[k]]
+    if changed:
+        diffs = ", ".join(f"{k} {theirs.get(k)!r} -> {ours[k]!r}" for k in changed[:3])
+        raise InputError(f"{video} was made with other settings ({diffs}); use --overwrite or another --out")
+    return True
+
+
+def collect_records(out: Path) -> list[dict]:
+    """Every finished video's record under `out`, in clip id then index order."""
+    records = []
+    for path in sorted(out.glob("*/*.json")):
+        if not path.stem.isdigit():
+            continue
+        record = json.loads(path.read_text())
+        if (out / record["path"]).is_file():
+            records.append(record)
+    return sorted(records, key=lambda r: (r["clip id"], r["n"]))
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
+    tmp = path.with_name(f".{path.name}.partial{os.getpid()}")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+def collect_failures(out: Path) -> list[dict]:
+    """The error records of videos that failed and have not been made since."""
+    failures = [json.loads(p.read_text()) for p in sorted(out.glob("*/*.error.json"))]
+    return [f for f in failures if not (out / f["clip id"] / f"{f['n']}.mp4").is_file()]
+
+
+# ------------------------------------------------------------------------------------------- ranks
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int
+    world: int
+    local_rank: int
+
+
+def init_ranks() -> Ranks:
+    """Read torchrun's environment; with several ranks, join a gloo group used only for barriers."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
+    return Ranks(rank, world, local_rank)
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.world > 1:
+        torch.distributed.barrier()
+
+
+def pick_device(config: SampleConfig, ranks: Ranks) -> str:
+    if config.device:
+        return config.device
+    return f"cuda:{ranks.local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+
+
+# ------------------------------------------------------------------------------------------- generation
+
+
+def prepare_pipeline(config: SampleConfig, device: str):
+    """Load the pipeline, apply LoRA and the VAE memory settings."""
+    pipe = load_pipeline(config.model, device=device, dtype=parse_dtype(config.dtype, device), scheduler=config.scheduler)
+    if config.lora:
+        try:
+            pipe.load_lora_weights(config.lora, adapter_name="ophora")
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"cannot load LoRA weights from {config.lora}: {exc}") from None
+        pipe.set_adapters(["ophora"], [config.lora_scale])
+    tiling = config.vae_tiling == "on" or (config.vae_tiling == "auto" and not _untiled_decode_fits(config, device))
+    if tiling:
+        pipe.vae.enable_tiling()
+        pipe.vae.enable_slicing()
+    show_steps = config.step_progress if config.step_progress is not None else device.startswith("cuda")
+    pipe.set_progress_bar_config(disable=not show_steps, leave=False, position=1, desc="steps")
+    return pipe
+
+
+def _untiled_decode_fits(config: SampleConfig, device: str) -> bool:
+    """Whether decoding the whole video at once fits in free GPU memory (always true on the CPU)."""
+    if not device.startswith("cuda"):
+        return True
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    # Measured: 18.5 GiB peak for 49x480x720 in bf16; activation memory scales with pixels x frames.
+    need = 18.5 * 2**30 * (config.frames * config.height * config.width) / (49 * 480 * 720)
+    return free > 1.3 * need
+
+
+def generate(pipe, config: SampleConfig, job: Job, device: str) -> np.ndarray:
+    """One video as uint8 frames (F, H, W, 3)."""
+    generator = torch.Generator(device=device).manual_seed(job.seed)
+    frames = pipe(
+        prompt=job.prompt,
+        negative_prompt=config.negative_prompt or None,
+        height=config.height,
+        width=config.width,
+        num_frames=config.frames,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance,
+        use_dynamic_cfg=config.dynamic_cfg,
+        generator=generator,
+        output_type="np",
+    ).frames[0]
+    return to_uint8(frames)
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] to uint8, rounding to nearest."""
+    return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def run_job(pipe, config: SampleConfig, job: Job, device: str) -> dict:
+    """Generate, encode and record one video; returns its manifest record."""
+    start = time.perf_counter()
+    frames = generate(pipe, config, job, device)
+    video = video_path(config.out, job)
+    write_video(video, frames, fps=config.fps, crf=config.crf)
+    record = {
+        "clip id": job.clip_id, "n": job.n, "prompt": job.prompt, "seed": job.seed, "model": config.model,
+        "steps": config.steps, "guidance": config.guidance, "frames": config.frames, "fps": config.fps,
+        "size": f"{config.width}x{config.height}", "seconds": round(time.perf_counter() - start, 3),
+        "path": f"{job.clip_id}/{job.n}.mp4", "settings": config.settings(), "ophora": __version__,
+    }
+    _write_json(record_path(config.out, job), record)
+    error_path(config.out, job).unlink(missing_ok=True)
+    return record
+
+
+def sample(config: SampleConfig) -> SampleSummary:
+    """Make every video of the prompt file that this rank owns, then (rank 0) the manifest and gallery."""
+    check_settings(config)
+    prompts = read_prompts(config)
+    config.out = Path(config.out)
+    ranks = init_ranks()
+    jobs = shard(plan_jobs(prompts, config.videos_per_prompt, config.seed), ranks.rank, ranks.world)
+    todo = jobs if config.overwrite else [j for j in jobs if not is_done(config.out, j, config)]
+    summary = SampleSummary(skipped=len(jobs) - len(todo))
+    if ranks.rank == 0:
+        config.out.mkdir(parents=True, exist_ok=True)
+        _write_json(config.out / "sample_config.json", {**asdict(config), "ophora": __version__,
+                                                        "torch": torch.__version__, "world_size": ranks.world})
+    if todo:
+        device = pick_device(config, ranks)
+        pipe = prepare_pipeline(config, device)
+        bar = tqdm(todo, desc=f"videos (rank {ranks.rank})" if ranks.world > 1 else "videos", unit="video",
+                   disable=None if ranks.rank == 0 else True)
+        for job in bar:
+            bar.set_postfix_str(f"{job.clip_id}/{job.n}")
+            try:
+                record = run_job(pipe, config, job, device)
+            except (OphoraError, RuntimeError, ValueError, OSError) as exc:
+                summary.failed += 1
+                reason = f"{type(exc).__name__}: {exc}"
+                summary.failures.append((job.clip_id, job.n, reason))
+                _write_json(error_path(config.out, job), {"clip id": job.clip_id, "n": job.n, "error": reason})
+                log.error("video %s/%d failed: %s", job.clip_id, job.n, reason)
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                continue
+            summary.made += 1
+            summary.seconds += record["seconds"]
+    barrier(ranks)
+    if ranks.rank == 0:
+        records = collect_records(config.out)
+        write_csv(config.out / "manifest.csv", MANIFEST_COLUMNS, records)
+        write_csv(config.out / "failures.csv", ["clip id", "n", "error"], collect_failures(config.out))
+        write_gallery(config.out, records, title=f"ophora sample: {config.model}")
+    _log_summary(summary, ranks)
+    return summary
+
+
+def _log_summary(summary: SampleSummary, ranks: Ranks) -> None:
+    prefix = f"rank {ranks.rank}: " if ranks.world > 1 else ""
+    log.info("%smade %d, skipped %d (already done), failed %d; %.2f s per video",
+             prefix, summary.made, summary.skipped, summary.failed, summary.seconds_per_video)
+    for clip_id, n, reason in summary.failures:
+        log.info("%sfailed %s/%d: %s", prefix, clip_id, n, reason)
