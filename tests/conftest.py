@@ -1,0 +1,41 @@
+"""Shared fixtures: one tiny random CogVideoX pipeline per test session, and the real-data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random CogVideoX pipeline in the diffusers layout (written once per session)."""
+    from ophora.models import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """../shared/data/real, or a skip when this checkout has no shared folder beside it."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data not found at {REAL_DATA} (needs ../shared beside the checkout)")
+    return REAL_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    slow_ok = os.environ.get("OPHORA_SLOW") == "1"
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    for item in items:
+        if "slow" in item.keywords and not slow_ok:
+            item.add_marker(pytest.mark.skip(reason="slow test: set OPHORA_SLOW=1 to run it"))
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
