@@ -1,0 +1,1 @@
+"""`ophora curate`: narrated surgical videos -> clip/instruction pairs (segmentation, filters, refining, privacy)."""
