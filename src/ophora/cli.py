@@ -71,7 +71,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-scale", type=float, default=1.0)
     p.add_argument("--vae-tiling", choices=["auto", "on", "off"], default="auto",
                    help="auto: decode untiled when it fits in free GPU memory")
-    p.add_argument("--crf", type=int, default=18, help="H.264 quality (lower is better)")
+    p.add_argument("--qp", type=int, default=18, help="H.264 constant quantizer (lower is better quality)")
     p.add_argument("--overwrite", action="store_true", help="redo videos that already exist")
 
 

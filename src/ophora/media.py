@@ -30,8 +30,12 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.partial{os.getpid()}{path.suffix}")
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
-    """Encode uint8 RGB frames (F, H, W, 3) to H.264 yuv420p MP4, written atomically."""
+def write_video(path: str | Path, frames: np.ndarray, fps: float, qp: int = 18) -> Path:
+    """Encode uint8 RGB frames (F, H, W, 3) to H.264 yuv420p MP4, written atomically.
+
+    Constant quantizer `qp` (lower is better) rather than CRF: x264's rate control with SIMD enabled
+    makes identical inputs encode differently from call to call, and we want reproducible files.
+    """
     path = Path(path)
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -47,9 +51,12 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18)
         with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "medium"}
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            stream.options = {"qp": str(qp), "preset": "medium"}
+            for i, frame in enumerate(frames):
+                planes = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p").to_ndarray()
+                yuv = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+                yuv.pts = i
+                container.mux(stream.encode(yuv))
             container.mux(stream.encode())
         os.replace(tmp, path)
     except BaseException:
@@ -100,3 +107,125 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     if not frames:
         raise MediaError(f"{path} holds no decodable frames")
     return np.stack(frames), fps
+
+
+class VideoWriter:
+    """Stream RGB frames into an H.264 yuv420p MP4 one at a time; the file appears atomically on close."""
+
+    def __init__(self, path: str | Path, fps: float, width: int, height: int, crf: int = 18,
+                 preset: str = "medium", keyint: int | None = None):
+        if width % 2 or height % 2:
+            raise MediaError(f"H.264 yuv420p needs even width and height, got {width}x{height} for {path}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = temp_path(self.path)
+        self._container = av.open(str(self._tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
+        self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+        options = {"crf": str(crf), "preset": preset, "threads": "1"}
+        if keyint:
+            options["x264-params"] = f"keyint={keyint}:min-keyint={keyint}:scenecut=0"
+        self._stream.options = options
+        self._count = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one uint8 RGB frame (H, W, 3)."""
+        yuv = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(format="yuv420p")
+        yuv.pts = self._count
+        self._container.mux(self._stream.encode(yuv))
+        self._count += 1
+
+    def close(self) -> Path:
+        """Flush, close and move the file into place."""
+        self._container.mux(self._stream.encode())
+        self._container.close()
+        if not self._count:
+            self._tmp.unlink(missing_ok=True)
+            raise MediaError(f"no frames to write to {self.path}")
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._container.close()
+            self._tmp.unlink(missing_ok=True)
+
+
+def video_rotation(path: str | Path) -> int:
+    """Display rotation of the first video stream in degrees (0, 90, 180, 270), from its first frame."""
+    path = Path(path)
+    with _open(path) as container:
+        try:
+            frame = next(container.decode(container.streams.video[0]))
+        except (StopIteration, av.error.FFmpegError):
+            return 0
+        return int(round(getattr(frame, "rotation", 0) or 0)) % 360
+
+
+def iter_frames(path: str | Path, threads: int = 0):
+    """Decode the first video stream, yielding `(seconds, av.VideoFrame)` in display order.
+
+    Timestamps come from each frame (variable frame rate is fine); `threads=0` lets FFmpeg choose.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        base = stream.start_time if stream.start_time is not None else 0
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                yield float((frame.pts - base) * stream.time_base), frame
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"cannot decode {path}: {exc}") from None
+
+
+def copy_segment(src: str | Path, dst: str | Path, start: float, end: float) -> tuple[float, float]:
+    """Copy the video packets of [start, end) without re-encoding, written atomically.
+
+    The copy begins at the first keyframe at or after `start` and stops at the first packet (decode
+    order) shown at or after `end`, so every copied frame decodes. Returns the span actually copied.
+    """
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(dst)
+    first = last = None
+    try:
+        with _open(src) as container, av.open(str(tmp), mode="w", format="mp4",
+                                              options={"movflags": "+faststart"}) as out:
+            stream = container.streams.video[0]
+            out_stream = out.add_stream_from_template(stream)
+            tb = stream.time_base
+            base = stream.start_time if stream.start_time is not None else 0
+            container.seek(max(int((start - 1.0) / tb) + base, base), stream=stream, backward=True)
+            offset = None
+            for packet in container.demux(stream):
+                if packet.pts is None or packet.size == 0:
+                    continue
+                t = float((packet.pts - base) * tb)
+                if offset is None:
+                    if not packet.is_keyframe or t < start - 1e-3:
+                        continue
+                    offset, first = packet.pts, t
+                if t >= end - 1e-3:
+                    break
+                last = t if last is None else max(last, t)
+                packet.pts -= offset
+                packet.dts = packet.dts - offset if packet.dts is not None else None
+                packet.stream = out_stream
+                out.mux(packet)
+        if first is None or last is None:
+            raise MediaError(f"no keyframe in [{start:.2f}, {end:.2f}) s of {src}")
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fps = probe_video(dst).fps or 30.0
+    return first, last + 1.0 / fps

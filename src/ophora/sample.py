@@ -58,7 +58,7 @@ class SampleConfig:
     lora: str | None = None
     lora_scale: float = 1.0
     vae_tiling: str = "auto"
-    crf: int = 18
+    qp: int = 18
     overwrite: bool = False
     step_progress: bool | None = None
 
@@ -98,7 +98,11 @@ def check_settings(config: SampleConfig) -> None:
     if (config.prompts is None) == (config.prompt is None):
         raise InputError("give exactly one of --prompts FILE or --prompt TEXT")
     if config.frames < 1 or (config.frames - 1) % 4:
-        raise InputError(f"--frames must be of the form 4k+1 (9, 13, ..., 49), got {config.frames}")
+        raise InputError(f"--frames must be of the form 4k+1 (9, 17, ..., 49), got {config.frames}")
+    if (config.frames - 1) % 8:
+        # The causal VAE decodes an even number of latent frames ((frames - 1) / 4 + 1) to 4 frames each.
+        raise InputError(f"--frames {config.frames} gives an even number of latent frames, which CogVideoX's VAE "
+                         f"decodes to {4 * ((config.frames - 1) // 4 + 1)} frames; use 8k+1 (9, 17, 25, 33, 41, 49)")
     for name in ("height", "width"):
         value = getattr(config, name)
         if value <= 0 or value % 16:
@@ -330,7 +334,7 @@ def run_job(pipe, config: SampleConfig, job: Job, device: str) -> dict:
     start = time.perf_counter()
     frames = generate(pipe, config, job, device)
     video = video_path(config.out, job)
-    write_video(video, frames, fps=config.fps, crf=config.crf)
+    write_video(video, frames, fps=config.fps, qp=config.qp)
     record = {
         "clip id": job.clip_id, "n": job.n, "prompt": job.prompt, "seed": job.seed, "model": config.model,
         "steps": config.steps, "guidance": config.guidance, "frames": config.frames, "fps": config.fps,
