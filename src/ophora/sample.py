@@ -58,6 +58,7 @@ class SampleConfig:
     lora: str | None = None
     lora_scale: float = 1.0
     vae_tiling: str = "auto"
+    fuse_qkv: bool | None = None
     qp: int = 18
     overwrite: bool = False
     step_progress: bool | None = None
@@ -279,14 +280,22 @@ def pick_device(config: SampleConfig, ranks: Ranks) -> str:
 
 
 def prepare_pipeline(config: SampleConfig, device: str):
-    """Load the pipeline, apply LoRA and the VAE memory settings."""
+    """Load the pipeline named by `config.model` and configure it for sampling."""
     pipe = load_pipeline(config.model, device=device, dtype=parse_dtype(config.dtype, device), scheduler=config.scheduler)
+    return configure_pipeline(pipe, config, device)
+
+
+def configure_pipeline(pipe, config: SampleConfig, device: str):
+    """Apply LoRA, fused attention projections, the VAE memory mode and progress settings."""
     if config.lora:
         try:
             pipe.load_lora_weights(config.lora, adapter_name="ophora")
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"cannot load LoRA weights from {config.lora}: {exc}") from None
         pipe.set_adapters(["ophora"], [config.lora_scale])
+    fuse = config.fuse_qkv if config.fuse_qkv is not None else device.startswith("cuda")
+    if fuse and not config.lora:  # LoRA layers wrap the separate q/k/v projections
+        pipe.transformer.fuse_qkv_projections()
     tiling = config.vae_tiling == "on" or (config.vae_tiling == "auto" and not _untiled_decode_fits(config, device))
     if tiling:
         pipe.vae.enable_tiling()
