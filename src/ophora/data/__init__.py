@@ -1,0 +1,1 @@
+"""Datasets in the Ophora-160K layout and the latent cache that training reads."""

@@ -1,0 +1,1 @@
+"""One trainer for CogVideoX-family models; Transfer Pre-Training and Privacy-Preserving Fine-Tuning are configs."""

@@ -1,0 +1,294 @@
+"""`ophora train`: one training loop for CogVideoX-family transformers (TPT and P2FT are configs).
+
+Read top to bottom: check inputs, build (accelerator, model, optimizer, data), resume, loop (loss,
+backward, clip, step, log, checkpoint, validate), export. The loss is `diffusion_loss` below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ophora import __version__
+from ophora.data.batches import MicroBatches
+from ophora.data.cache import encoder_fingerprint, read_cache_info, read_index
+from ophora.data.dataset import read_csv_pairs
+from ophora.errors import ConfigError, InputError
+from ophora.models import resolve_model
+from ophora.train.checkpoint import TrainState, claim_run, resume, save_checkpoint, truncate_metrics, write_run_record
+from ophora.train.config import TrainConfig
+from ophora.train.export import export_pipeline, merged_lora_state_dict
+from ophora.train.timesteps import sample_seed, sample_timesteps
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def check_cache(config: TrainConfig, model_dir: Path) -> tuple[dict, list]:
+    """The cache's info and entries, after checking it was made with this model's VAE and text encoder."""
+    cache = Path(config.cache)
+    info = read_cache_info(cache)
+    fingerprint = encoder_fingerprint(model_dir)
+    if info["encoder_fingerprint"] != fingerprint:
+        raise InputError(f"cache {cache} was made with another VAE/text encoder ({info['model']}) than {config.model}; "
+                         f"prepare a cache with --model {config.model}")
+    subset = None
+    if config.subset_csv:
+        subset = {clip_id for clip_id, _ in read_csv_pairs(Path(config.subset_csv))}
+    entries = read_index(cache, subset)
+    if not entries:
+        raise InputError(f"cache {cache} holds none of the clips of {config.subset_csv or 'its index'}")
+    return info, entries
+
+
+def check_model_fits_cache(transformer, info: dict, entries: list) -> None:
+    """The transformer must take the cache's latent channels and text embedding width."""
+    cfg = transformer.config
+    channels = {e.latent_shape[0] for e in entries}
+    if channels != {cfg.in_channels}:
+        raise InputError(f"cache latents have {sorted(channels)} channels, the transformer takes {cfg.in_channels}")
+    for shape in info["latent_shapes"]:
+        if shape[2] % cfg.patch_size or shape[3] % cfg.patch_size:
+            raise InputError(f"cache latent size {shape[2]}x{shape[3]} is not divisible by the patch size {cfg.patch_size}")
+    if cfg.get("use_rotary_positional_embeddings", False):
+        raise ConfigError("models with rotary position embeddings (CogVideoX-5b, 1.5) are not supported by this trainer yet")
+
+
+# ------------------------------------------------------------------------------------------- build
+
+
+def make_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision fp16 needs a GPU; use mixed_precision=bf16 or no on the CPU")
+    return Accelerator(
+        mixed_precision=config.mixed_precision, log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=config.out, logging_dir=str(Path(config.out) / "logs")),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+    )
+
+
+def load_transformer(model_dir: Path, config: TrainConfig):
+    """The transformer in fp32 (the master weights), with LoRA layers and gradient checkpointing as configured."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    transformer = CogVideoXTransformer3DModel.from_pretrained(model_dir / "transformer", torch_dtype=torch.float32)
+    if config.mode == "lora":
+        from peft import LoraConfig
+
+        transformer.requires_grad_(False)
+        transformer.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights=True,
+                                           target_modules=config.lora_targets))
+    if config.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    return transformer.train()
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (fused on GPU) or bitsandbytes' 8-bit AdamW."""
+    kwargs = dict(lr=config.learning_rate, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay,
+                  eps=config.epsilon)
+    if config.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ConfigError("optimizer adamw8bit needs bitsandbytes: pip install 'ophora[bnb]'") from None
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, fused=torch.cuda.is_available(), **kwargs)
+
+
+def make_lr_scheduler(optimizer, config: TrainConfig):
+    from diffusers.optimization import get_scheduler
+
+    try:
+        return get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
+                             num_training_steps=config.steps, num_cycles=config.lr_cycles)
+    except ValueError as exc:
+        raise ConfigError(f"lr_schedule: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------- the loss
+
+
+def diffusion_loss(model, noise_scheduler, batch: dict, config: TrainConfig, scaling_factor: float,
+                   global_batch: int, strata: int) -> torch.Tensor:
+    """CogVideoX's loss: v-prediction turned into an x0 estimate, MSE weighted by 1 / (1 - alpha_bar_t).
+
+    (The weighted x0 error equals the plain v-prediction error: both are CogVideoX's objective.) Every random
+    draw is seeded by (seed, micro-batch, global position), so it is the same however many processes run.
+    """
+    device = next(model.parameters()).device
+    micro_step, positions = int(batch["micro_step"]), batch["positions"].tolist()
+    mean = batch["latent_mean"].to(device, torch.float32)
+
+    def per_sample_normal(purpose: str) -> torch.Tensor:
+        draws = [torch.randn(mean.shape[1:], generator=torch.Generator().manual_seed(
+            sample_seed(config.seed, micro_step, g, purpose))) for g in positions]
+        return torch.stack(draws).to(device)
+
+    latents = mean
+    if config.sample_latents:
+        latents = mean + torch.exp(0.5 * batch["latent_logvar"].to(device, torch.float32)) * per_sample_normal("latent")
+    latents = (latents * scaling_factor).permute(0, 2, 1, 3, 4)  # (B, C, F, H, W) -> (B, F, C, H, W)
+    noise = per_sample_normal("noise").permute(0, 2, 1, 3, 4)
+    timesteps = sample_timesteps(config.timestep_sampling, positions, global_batch, strata,
+                                 noise_scheduler.config.num_train_timesteps, config.seed, micro_step).to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    prediction = model(hidden_states=noisy, encoder_hidden_states=batch["prompt_embeds"].to(device),
+                       timestep=timesteps, return_dict=False)[0]
+    x0 = noise_scheduler.get_velocity(prediction.float(), noisy, timesteps)
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)[timesteps]
+    weights = (1 / (1 - alphas_cumprod)).view(-1, 1, 1, 1, 1)
+    return (weights * (x0 - latents) ** 2).flatten(1).mean(1).mean()
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+def train(config: TrainConfig) -> Path:
+    """Train as `config` says, resuming the run in `config.out` if there is one; returns the run folder."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    # 1. inputs, checked before anything heavy is loaded
+    config.check()
+    model_dir = resolve_model(config.model)
+    info, entries = check_cache(config, model_dir)
+    out = Path(config.out)
+    claim_run(out, config)
+    accelerator = make_accelerator(config)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    strata = config.strata or world
+    global_batch = config.batch_size * world
+    if config.timestep_sampling == "stratified" and strata > global_batch:
+        raise ConfigError(f"strata {strata} exceeds the global batch {global_batch}: some strata would get no sample")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.allow_tf32
+
+    # 2. model, optimizer, schedule
+    transformer = load_transformer(model_dir, config)
+    check_model_fits_cache(transformer, info, entries)
+    noise_scheduler = CogVideoXDDIMScheduler.from_pretrained(model_dir / "scheduler")
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config)
+    lr_scheduler = make_lr_scheduler(optimizer, config)
+    model, optimizer = accelerator.prepare(transformer, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_record(out, config, {"world_size": world, "clips": len(entries), "cache": info["model"],
+                                       "trainable_parameters": sum(p.numel() for p in params)})
+    accelerator.wait_for_everyone()
+
+    # 3. resume
+    state = resume(accelerator, out)
+    if accelerator.is_main_process:
+        truncate_metrics(out / "metrics.jsonl", state.step)
+    last = min(config.steps, config.stop_at_step or config.steps)
+    data = MicroBatches(Path(config.cache), entries, config.batch_size, rank, world, config.seed,
+                        start=state.micro_step, count=max(0, last - state.step) * config.grad_accum)
+    loader = iter(torch.utils.data.DataLoader(data, batch_size=None, num_workers=config.num_workers,
+                                              pin_memory=torch.cuda.is_available()))
+    accelerator.init_trackers("train", config={k: v for k, v in dataclasses.asdict(config).items()
+                                                if isinstance(v, (int, float, str, bool))})
+    validator = None
+    log.info("training %s on %d clips: steps %d..%d, %d process(es), global batch %d x %d accumulation",
+             config.mode, len(entries), state.step + 1, last, world, global_batch, config.grad_accum)
+
+    # 4. the loop
+    progress = tqdm(range(state.step + 1, last + 1), desc="train", disable=not accelerator.is_main_process)
+    tick, samples = time.perf_counter(), 0
+    for step in progress:
+        finite, losses = True, []
+        for k in range(config.grad_accum):
+            batch = next(loader)
+            sync = contextlib.nullcontext() if k == config.grad_accum - 1 else accelerator.no_sync(model)
+            with sync:
+                loss = diffusion_loss(model, noise_scheduler, batch, config, info["vae_scaling_factor"], global_batch, strata)
+                bad = accelerator.reduce((~torch.isfinite(loss.detach())).float(), "sum")
+                if bad.item() > 0:
+                    finite = False  # not trained on: no backward, and this step's update is dropped
+                else:
+                    accelerator.backward(loss / config.grad_accum)
+            losses.append(accelerator.reduce(loss.detach(), "mean"))
+            state.micro_step += 1
+        grad_norm = torch.tensor(float("nan"))
+        if finite:
+            grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            finite = bool(torch.isfinite(grad_norm)) or config.mixed_precision == "fp16"  # fp16: the scaler skips it
+        if finite:
+            optimizer.step()
+        else:
+            state.skipped += 1
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d so far)", step, state.skipped)
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step = step
+        samples += global_batch * config.grad_accum
+
+        loss_value = torch.stack(losses).mean().item()
+        if step % config.log_every == 0 or step == last or not finite:
+            now = time.perf_counter()
+            record = {"step": step, "loss": loss_value, "lr": lr_scheduler.get_last_lr()[0],
+                      "grad_norm": float(grad_norm), "samples_per_s": samples / (now - tick), "skipped": state.skipped}
+            tick, samples = now, 0
+            if torch.cuda.is_available():
+                record["memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            accelerator.log({k: v for k, v in record.items() if k != "step" and math.isfinite(v)}, step=step)
+            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}")
+        if accelerator.is_main_process:
+            with (out / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr_scheduler.get_last_lr()[0],
+                                    "grad_norm": float(grad_norm), "skipped": not finite}) + "\n")
+        if step % config.checkpoint_every == 0 or step == last:
+            save_checkpoint(accelerator, out, state, config.keep_checkpoints)
+        if config.validation_prompts and (step == config.steps or (config.validate_every and step % config.validate_every == 0)):
+            validator = validate(accelerator, model, model_dir, config, out, step, validator)
+
+    # 5. export
+    if state.step >= config.steps and config.export:
+        export(accelerator, model, model_dir, config, out, state)
+    accelerator.end_training()
+    return out
+
+
+def validate(accelerator, model, model_dir: Path, config: TrainConfig, out: Path, step: int, validator):
+    """Render the validation prompts on the main process and log their middle frames to TensorBoard."""
+    from ophora.train.validation import Validator
+
+    if accelerator.is_main_process:
+        if validator is None:
+            dtype = torch.float32 if config.mixed_precision == "no" else getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[config.mixed_precision])
+            validator = Validator(model_dir, accelerator.unwrap_model(model), accelerator.device, dtype)
+        results = validator.render(config, out / "validation" / f"step-{step:07d}", accelerator.autocast)
+        tracker = accelerator.get_tracker("tensorboard", unwrap=True)
+        for i, (_, frame) in enumerate(results):
+            tracker.add_image(f"validation/{i}", frame, step, dataformats="HWC")
+    accelerator.wait_for_everyone()
+    return validator
+
+
+def export(accelerator, model, model_dir: Path, config: TrainConfig, out: Path, state: TrainState) -> None:
+    """Write out/final: a diffusers pipeline folder with the trained transformer (LoRA merged)."""
+    state_dict = accelerator.get_state_dict(model)  # gathers FSDP/ZeRO-3 shards; every process calls it
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if config.mode == "lora":
+            state_dict = merged_lora_state_dict(unwrapped)
+        record = {"ophora": __version__, "base_model": config.model, "steps": state.step, "skipped_steps": state.skipped,
+                  "config": dataclasses.asdict(config),
+                  "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        final = export_pipeline(model_dir, dict(unwrapped.config), state_dict, out / "final", record)
+        log.info("exported the trained pipeline to %s", final)
+    accelerator.wait_for_everyone()
