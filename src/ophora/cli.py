@@ -84,6 +84,53 @@ def _sample(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+# ---------------------------------------------------------------------------------------------- prepare
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def _prepare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="dataset folder in the Ophora-160K layout: clips/<clip id>.mp4 + CSV 'clip id,instruction'")
+    p.add_argument("--model", required=True, help="pipeline whose VAE and T5 encode the clips (hub id or local folder)")
+    p.add_argument("--out", required=True, help="cache folder (clips/*.safetensors, index.csv, cache.json, rejects.csv)")
+    p.add_argument("--csv", default="instructions.csv", help="CSV in the dataset folder (privacy_preserved.csv for P2FT)")
+    p.add_argument("--frames", dest="frame_buckets", type=_ints, default=(49,), help="frame buckets, e.g. 49 or 17,33,49")
+    p.add_argument("--fps", dest="target_fps", type=float, default=8.0, help="target frame rate of the sampled frames")
+    p.add_argument("--heights", type=_ints, default=(480, 720), help="height buckets")
+    p.add_argument("--widths", type=_ints, default=(720, 960), help="width buckets")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--device", default=None, help="default: cuda:<local rank> if a GPU is present, else cpu")
+    p.add_argument("--vae-tiling", action="store_true", help="encode in tiles (less GPU memory)")
+
+
+@command("prepare", "encode a dataset's clips (VAE latents + T5 embeddings) into a training cache; torchrun shards it", _prepare_args)
+def _prepare(args: argparse.Namespace) -> int:
+    from ophora.data.prepare import PrepareConfig, prepare
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
+    summary = prepare(PrepareConfig(**fields))
+    print(f"{args.out}: {summary.made} clips encoded, {summary.skipped} already there, {summary.rejected} rejected")
+    return 1 if summary.rejected else 0
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config (configs/tpt.yaml, configs/p2ft.yaml, configs/tiny-*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. steps=100 out=runs/x")
+
+
+@command("train", "train or fine-tune the transformer (TPT, P2FT); resumes; accelerate launch for many GPUs", _train_args)
+def _train(args: argparse.Namespace) -> None:
+    from ophora.train.config import load_config
+    from ophora.train.trainer import train
+
+    print(train(load_config(args.config, args.overrides)))
+
+
 # ---------------------------------------------------------------------------------------------- demo
 
 
