@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from ophora.curate.refine_rules import refine_narration
+from ophora.curate.refine_rules import check_narrations, refine_narration
 from ophora.errors import ConfigError, OphoraError
 
 if TYPE_CHECKING:
@@ -180,16 +180,16 @@ class OpenAIRefiner:
 
     def refine(self, narrations: Sequence[str]) -> list[str]:
         """One instruction per narration, same order; cached answers are reused, the rest asked concurrently."""
-        texts = [" ".join(n.split()) for n in narrations]
+        texts = [" ".join(n.split()) for n in check_narrations(narrations)]
         answers: dict[str, str] = {"": ""}
         for text in dict.fromkeys(texts):
             if text and self.cache and (hit := self.cache.get(text)) is not None:
                 answers[text] = hit
         todo = [t for t in dict.fromkeys(texts) if t not in answers]
-        self.counts["cached"] += sum(1 for t in texts if t and t in answers)
+        self.counts["cached"] += len(answers) - 1
         if todo:
             log.info("refining %d narrations with %s at %s (%d cached)", len(todo), self.config.model,
-                     public_url(self.url), len(set(texts) - set(todo) - {""}))
+                     public_url(self.url), len(answers) - 1)
             answers.update(self._ask_all(todo))
         return [answers[t] for t in texts]
 

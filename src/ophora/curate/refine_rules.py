@@ -13,6 +13,8 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
+from ophora.errors import InputError
+
 VERSION = "rules-1"
 
 # ---------------------------------------------------------------------------------------------- lexicons
@@ -73,10 +75,6 @@ polishing sculpting viscodissection
 # ---------------------------------------------------------------------------------------------- patterns
 
 
-def _words(*alternatives: str) -> str:
-    return "(?:" + "|".join(alternatives) + ")"
-
-
 _TAGS = re.compile(
     r"\[[^\]]*\]|\((?:music|applause|laughs?|laughter|inaudible|silence|noise|crosstalk)[^)]*\)|<[^>]+>|"
     r"♪+|>>+|https?://\S+|www\.\S+|[@#]\w+",
@@ -124,30 +122,29 @@ _CUT = re.compile(
     re.IGNORECASE,
 )
 
-# Openers carrying no visible content: stripped from the start of a clause, repeatedly.
-_OPENERS = re.compile(
-    r"^(?:" + "|".join([
-        r"so", r"now", r"okay", r"ok", r"alright", r"all right", r"and", r"but", r"then", r"next", r"here",
-        r"well", r"right", r"first(?:ly)?", r"second(?:ly)?", r"third(?:ly)?", r"finally", r"again", r"also",
-        r"once again", r"after that", r"at this (?:point|stage|time)", r"this time", r"in this (?:video|case)",
-        r"in today's video", r"today", r"as (?:you|we) can (?:see|notice)", r"(?:you|we) can (?:see|notice)(?: that| how)?",
-        r"here (?:we|you) (?:see|have)", r"you(?:'ll| will) (?:see|notice)(?: that| how)?", r"notice(?: that| how)?",
-        r"note(?: that| how)?", r"let's see", r"watch(?: how)?", r"(?:let me|i(?:'ll| will)|we(?:'ll| will)) show you(?: how)?",
-        r"go ahead and", r"going ahead and", r"in my (?:experience|hands)", r"as usual", r"just", r"simply",
-        # subjects and auxiliaries of first/second/third-person narration
-        r"i'm", r"we're", r"you're", r"i've", r"we've", r"you've", r"i'll", r"we'll", r"you'll", r"i'd", r"we'd",
-        r"let's", r"let us", r"let me", r"the surgeon", r"the doctor", r"dr\.? \w+", r"i", r"we", r"you", r"he", r"she",
-        r"am", r"are", r"is", r"will", r"would", r"can", r"could", r"should", r"must", r"shall", r"have", r"has",
-        r"going to", r"gonna", r"need to", r"needs to", r"have to", r"has to", r"want to", r"wants to",
-        r"would like to", r"like to", r"prefer to", r"tend to", r"try to", r"trying to", r"usually", r"always",
-        r"how to", r"to",
-        # advice frames
-        r"it(?:'s| is) (?:very |really |extremely )?(?:important|essential|critical|crucial|key|best|better|good|"
-        r"wise|helpful|necessary|useful) to", r"the (?:key|idea|goal|trick|aim|plan|next step) is to",
-        r"make sure (?:that )?(?:you|we)?(?: to)?", r"be sure to", r"remember to", r"don't forget to",
-    ]) + r")\b[,:]?\s*",
-    re.IGNORECASE,
-)
+# Openers carrying no visible content: stripped from the start of a clause, repeatedly (longest first).
+_OPENER_PHRASES = [
+    r"so", r"now", r"okay", r"ok", r"alright", r"all right", r"and", r"but", r"then", r"next", r"here",
+    r"well", r"right", r"first(?:ly)?", r"second(?:ly)?", r"third(?:ly)?", r"finally", r"again", r"also",
+    r"once again", r"after that", r"at this (?:point|stage|time)", r"this time", r"in this (?:video|case)",
+    r"in today's video", r"today", r"as (?:you|we) can (?:see|notice)", r"(?:you|we) can (?:see|notice)(?: that| how)?",
+    r"here (?:we|you) (?:see|have)", r"you(?:'ll| will) (?:see|notice)(?: that| how)?", r"notice(?: that| how)?",
+    r"note(?: that| how)?", r"let's see", r"watch(?: how)?", r"(?:let me|i(?:'ll| will)|we(?:'ll| will)) show you(?: how)?",
+    r"go ahead and", r"going ahead and", r"in my (?:experience|hands)", r"as usual", r"just", r"simply",
+    # subjects and auxiliaries of first/second/third-person narration
+    r"i'm", r"we're", r"you're", r"i've", r"we've", r"you've", r"i'll", r"we'll", r"you'll", r"i'd", r"we'd",
+    r"let's", r"let us", r"let me", r"the surgeon", r"the doctor", r"dr\.? \w+", r"i", r"we", r"you", r"he", r"she",
+    r"am", r"are", r"is", r"will", r"would", r"can", r"could", r"should", r"must", r"shall", r"have", r"has",
+    r"going to", r"gonna", r"need to", r"needs to", r"have to", r"has to", r"want to", r"wants to",
+    r"would like to", r"like to", r"prefer to", r"tend to", r"try to", r"trying to", r"usually", r"always",
+    r"how to", r"to",
+    # advice frames
+    r"it(?:'s| is) (?:very |really |extremely )?(?:important|essential|critical|crucial|key|best|better|good|"
+    r"wise|helpful|necessary|useful) to", r"the (?:key|idea|goal|trick|aim|plan|next step) is to",
+    r"make sure (?:that )?(?:you|we)?(?: to)?", r"be sure to", r"remember to", r"don't forget to",
+    r"look at", r"look how",
+]
+_OPENERS = re.compile(r"^(?:" + "|".join(sorted(_OPENER_PHRASES, key=len, reverse=True)) + r")\b[,:]?(?:\s+|$)", re.IGNORECASE)
 _MANNER = {"gently", "carefully", "slowly", "slightly", "quickly", "meticulously", "thoroughly"}
 _CAREFUL = re.compile(r"^be (?:very |extra |really )?careful(?: (?P<neg>not to)| (?:during|when|while|with|in|of|about))?\s+",
                       re.IGNORECASE)
@@ -159,10 +156,23 @@ _PASSIVE = re.compile(
     re.IGNORECASE,
 )
 _DONE = re.compile(r" (?:is|are|was|were|being|gets) (?:then )?(?:done|performed|carried out|achieved)\b", re.IGNORECASE)
-# A conjunction followed by a new subject starts a new clause (auto-captions often lack punctuation).
-_COORDINATION = re.compile(r"\s(?:and|so|but)\s(?=(?:now |then )?(?:i|we|you|i'm|we're|you're|i'll|we'll|let's)\b)",
-                           re.IGNORECASE)
-_SUBJECT_WORDS = {"i", "we", "you", "he", "she", "it", "they", "this", "that", "there", "here"}
+# A comma, or a conjunction followed by a new subject, starts a new clause (auto-captions often lack commas).
+_CLAUSE_BREAK = re.compile(
+    r",|\s(?:and|so|but)\s(?=(?:now |then )?(?:i|we|you|i'm|we're|you're|i'll|we'll|let's)\b)"
+    r"|\sand\s(?=(?:the|a|an)\s(?:[\w/'-]+\s){0,3}?(?:is|are|was|were)\s)",
+    re.IGNORECASE,
+)
+# Words that cannot start the noun phrase of a passive ("after the nucleus is removed" is no object).
+_NOT_OBJECT = {"i", "we", "you", "he", "she", "it", "they", "this", "that", "there", "here", "after", "once", "when",
+               "before", "if", "while", "as", "because", "since", "so", "until", "which"}
+# "..., which are then emulsified" -> "and emulsify them".
+_WHICH_PASSIVE = re.compile(r"\s(?:which|that) (?P<aux>is|are) (?:then |subsequently )?(?P<verb>\w+)\b", re.IGNORECASE)
+_AND_PARTICIPLE = re.compile(r"\b(?P<conj>and|then|and then) (?P<verb>\w+ed|made|held|taken|done|cut|split)\b",
+                             re.IGNORECASE)
+# A leading temporal clause ("After the nucleus is removed, ...") only sets the scene for the main clause.
+_SUBORDINATE = re.compile(r"^(?:after|once|when|whenever|as soon as|now that|before|until)\b", re.IGNORECASE)
+# A finite verb of state: a clause with one but no action describes rather than instructs.
+_STATE = re.compile(r"\b(?:is|are|was|were|has|have|had|looks?|seems?|appears?)\b", re.IGNORECASE)
 _TRAILING = re.compile(r"(?:[\s,;:-]|\b(?:and|or|then|with|to|the|a|an|of|so|but|while|as)\b)+$", re.IGNORECASE)
 
 
@@ -198,7 +208,7 @@ _CONTENT_WORDS = set(INSTRUMENTS) | set(ANATOMY) | set(TECHNIQUES) | PROCEDURES
 
 def clean_text(text: str) -> str:
     """Unicode-normalise, drop caption tags ([Music], <i>, >>), links and filler words, collapse spaces."""
-    text = unicodedata.normalize("NFKC", text).replace("\u2019", "'").replace("\u2018", "'")
+    text = unicodedata.normalize("NFKC", text).replace("\ufeff", "").replace("\u2019", "'").replace("\u2018", "'")
     text = _FILLERS.sub(" ", _TAGS.sub(" ", text))
     return re.sub(r"[ \t\r\f\v]+", " ", text).strip()
 
@@ -258,9 +268,20 @@ def _rephrase(clause: str) -> tuple[str, bool]:
         return " ".join([VERB_BASE[first], *words[1:]]), True
     if passive := _PASSIVE.match(clause):
         verb = passive.group("verb").lower()
-        if verb in VERB_BASE and verb != VERB_BASE[verb] and first not in _SUBJECT_WORDS:
-            return f"{VERB_BASE[verb]} {_lower_first(passive.group('np'))}{passive.group('rest')}", True
+        if verb in VERB_BASE and verb != VERB_BASE[verb] and first not in _NOT_OBJECT:
+            rest = _AND_PARTICIPLE.sub(_base_of_participle, _WHICH_PASSIVE.sub(_which_to_and, passive.group("rest")))
+            return f"{VERB_BASE[verb]} {_lower_first(passive.group('np'))}{rest}", True
     return _from_nominal(words)
+
+
+def _which_to_and(match: re.Match) -> str:
+    verb = VERB_BASE.get(match.group("verb").lower())
+    return f" and {verb} {'them' if match.group('aux').lower() == 'are' else 'it'}" if verb else match.group()
+
+
+def _base_of_participle(match: re.Match) -> str:
+    verb = VERB_BASE.get(match.group("verb").lower())
+    return f"{match.group('conj')} {verb}" if verb else match.group()
 
 
 def _from_nominal(words: list[str]) -> tuple[str, bool]:
@@ -283,11 +304,11 @@ def _gerund_phrase(imperative: str) -> str:
     return " ".join(w for w in (GERUND.get(verb.lower(), verb), rest) if w)
 
 
-def shows_something(text: str) -> bool:
-    """True when the text names an action, instrument, anatomy or technique a video can show."""
+def shows_something(text: str, is_action: bool) -> bool:
+    """True when the text names an instrument, anatomy or technique, or is an action with an object."""
     words = {w.strip(".,;:!?()\"'").lower() for w in text.split()}
     words |= {w[:-1] for w in words if w.endswith("s")}
-    return bool(words & _CONTENT_WORDS) or any(VERB_BASE.get(w) and w == VERB_BASE[w] for w in words)
+    return bool(words & _CONTENT_WORDS) or (is_action and len(words) > 1)
 
 
 def _tidy(text: str) -> str:
@@ -302,16 +323,19 @@ def _lower_first(text: str) -> str:
 
 
 def refine_clauses(sentence: str) -> list[tuple[str, bool]]:
-    """One sentence -> its visible comma clauses as (text, is an imperative action), non-visual ones dropped."""
+    """One sentence -> its visible clauses as (text, is an imperative action), non-visual ones dropped."""
+    pieces = _CLAUSE_BREAK.split(sentence)
     clauses: list[tuple[str, bool]] = []
-    for clause in re.split(r",|" + _COORDINATION.pattern, sentence, flags=re.IGNORECASE):
+    for i, clause in enumerate(pieces):
         visible = _tidy(visible_part(clause))
-        if not visible:
+        if not visible or (_SUBORDINATE.match(visible) and i < len(pieces) - 1):
             continue
         text, is_action = to_imperative(visible)
         text = _tidy(text)
-        if text and shows_something(text):
+        if text and shows_something(text, is_action):
             clauses.append((_lower_first(text), is_action))
+    if any(is_action for _, is_action in clauses):
+        clauses = [(text, is_action) for text, is_action in clauses if is_action or not _STATE.search(text)]
     return clauses
 
 
@@ -319,14 +343,13 @@ def refine_narration(narration: str, max_words: int = 60) -> str:
     """A narration -> one concise instruction ending in a period, at most `max_words` words; "" if nothing visible."""
     kept: list[tuple[str, bool]] = []
     n_words = 0
-    for sentence in split_sentences(clean_text(narration)):
-        for text, is_action in refine_clauses(sentence):
-            if any(text == seen for seen, _ in kept):
-                continue
-            if kept and n_words + len(text.split()) > max_words:
-                break
-            kept.append((text, is_action))
-            n_words += len(text.split())
+    for text, is_action in (c for s in split_sentences(clean_text(narration)) for c in refine_clauses(s)):
+        if any(text == seen for seen, _ in kept):
+            continue  # auto-captions repeat rolling lines
+        if kept and n_words + len(text.split()) > max_words:
+            break
+        kept.append((text, is_action))
+        n_words += len(text.split())
     if not kept:
         return ""
     texts = [t for t, _ in kept]
@@ -335,6 +358,16 @@ def refine_narration(narration: str, max_words: int = 60) -> str:
     text = " ".join(", ".join(texts).split()[:max_words])
     text = _tidy(text)
     return text[0].upper() + text[1:] + "."
+
+
+def check_narrations(narrations: Sequence[str]) -> Sequence[str]:
+    """The narrations, after checking that each is a string (a missing one should be "", not None or NaN)."""
+    if isinstance(narrations, str):
+        raise InputError("refine() takes a list of narrations, not one string")
+    for i, narration in enumerate(narrations):
+        if not isinstance(narration, str):
+            raise InputError(f"narration {i} is {type(narration).__name__}, not text (use \"\" for none)")
+    return narrations
 
 
 class RulesRefiner:
@@ -353,7 +386,7 @@ class RulesRefiner:
 
     def refine(self, narrations: Sequence[str]) -> list[str]:
         """One instruction per narration, same order; "" where nothing visible remains."""
-        instructions = [refine_narration(n, self.max_words) for n in narrations]
+        instructions = [refine_narration(n, self.max_words) for n in check_narrations(narrations)]
         self.counts["refined"] += len(instructions)
         self.counts["empty"] += instructions.count("")
         return instructions
