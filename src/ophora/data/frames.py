@@ -54,8 +54,10 @@ def frame_indices(n_src: int, fps: float, settings: FrameSettings) -> list[int]:
     step = fps / settings.target_fps if fps > 0 else 1.0
     if step * (n - 1) + 1 <= n_src:
         start = (n_src - 1 - step * (n - 1)) / 2
-        return [int(round(start + i * step)) for i in range(n)]
-    return [int(round(x)) for x in np.linspace(0, n_src - 1, n)]
+        positions = start + step * np.arange(n)
+    else:
+        positions = np.linspace(0, n_src - 1, n)
+    return [int(i) for i in np.floor(positions + 0.5)]  # round half up: Python's round-half-even would repeat frames
 
 
 def resize_and_crop(frame: np.ndarray, height: int, width: int) -> np.ndarray:

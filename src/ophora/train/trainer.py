@@ -75,7 +75,7 @@ def make_accelerator(config: TrainConfig):
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision fp16 needs a GPU; use mixed_precision=bf16 or no on the CPU")
     return Accelerator(
-        mixed_precision=config.mixed_precision, log_with="tensorboard",
+        mixed_precision=config.mixed_precision, log_with="tensorboard", cpu=not torch.cuda.is_available(),
         project_config=ProjectConfiguration(project_dir=config.out, logging_dir=str(Path(config.out) / "logs")),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
