@@ -65,6 +65,10 @@ def test_paper_example_keeps_visible_content_and_drops_the_rest():
     "Perfect. Beautiful.",
     "So uh yeah that's it.",
     "Let's start.",
+    "and that's the end of the case thanks for watching guys",
+    "the reason i do this is that the endothelial cell count was low",
+    "this is a dense cataract in a patient with pseudoexfoliation",
+    "the phaco machine settings are 400 mmHg vacuum and 40 cc per minute flow",
     "It's a close call.",
     "[Music] >> [Applause]",
     "",
@@ -123,6 +127,18 @@ def test_nothing_visible_gives_empty(narration):
     ("and we're going to rotate the nucleus and we're going to chop it again", "Rotate the nucleus, and chop it again."),
     ("Hello everyone. The patient is a 70-year-old man. We begin with a paracentesis. Subscribe for more!",
      "Begin with a paracentesis."),
+    # lower-case auto-captions without punctuation
+    ("so what we're doing now is we're going in with the phaco probe and we're sculpting a groove",
+     "Go in with the phaco probe, and sculpt a groove."),
+    ("all right so here we've got a pretty dense nucleus and i'm going to use a little more power",
+     "Use a little more power."),
+    ("okay now i'm putting some viscoelastic in the anterior chamber", "Put some viscoelastic in the anterior chamber."),
+    ("what i like to do here is to chop the nucleus horizontally", "Chop the nucleus horizontally."),
+    ("the iol is now in the bag and we're going to remove the viscoelastic from behind the lens",
+     "Remove the viscoelastic from behind the lens."),
+    ("Next we stain the capsule with trypan blue, wait a few seconds, and wash it out with BSS.",
+     "Stain the capsule with trypan blue, and wash it out with BSS."),
+    ("A capsular tension ring was inserted to support the bag.", "Insert a capsular tension ring to support the bag."),
 ])
 def test_realistic_narrations(narration, instruction):
     assert refine_narration(narration) == instruction

@@ -22,21 +22,22 @@ VERSION = "rules-1"
 ACTION_VERBS = """
 adjust apply aspirate avoid begin bring capture center centre check chop clean clear close complete
 continue crack create cut decrease deepen dial dissect divide do drape dry elevate emulsify engage enlarge
-enter expand extend extract fill finish fixate flip flush fold grab grasp groove hold hydrate hydrodelineate
+enter expand extend extract fill finish fixate flip flush fold go grab grasp groove hold hydrate hydrodelineate
 hydrodissect implant incise increase inflate inject insert introduce irrigate lift load lower make manage
-mark measure move nudge open paint peel perform place polish position prolapse pull push raise reduce
+mark measure move nudge open paint peel perform place polish position prolapse pull push put raise reduce
 refill release remove retract rinse rotate score sculpt seal separate spin split stabilise stabilize stain
 start strip suture sweep switch take tap tear tie tilt touch trim tuck turn twist unfold use vacuum viscodissect
-widen wipe withdraw
+wash widen wipe withdraw
 """.split()
 
 # Irregular past forms, and verbs that double their last consonant before -ed/-ing.
 _IRREGULAR_PAST = {
     "begin": ("began", "begun"), "bring": ("brought",), "cut": ("cut",), "do": ("did", "done"),
+    "go": ("went", "gone"), "put": ("put",),
     "hold": ("held",), "make": ("made",), "spin": ("spun",), "split": ("split",), "take": ("took", "taken"),
     "tear": ("tore", "torn"), "withdraw": ("withdrew", "withdrawn"),
 }
-_DOUBLING = {"begin", "chop", "cut", "dial", "grab", "spin", "split", "strip", "tap", "trim"}
+_DOUBLING = {"begin", "chop", "cut", "dial", "grab", "put", "spin", "split", "strip", "tap", "trim"}
 
 # Nouns naming an action ("cortical removal", "insertion of the IOL") -> the verb.
 NOMINALS = {
@@ -96,12 +97,14 @@ _NON_VISUAL = re.compile(
         r"bell icon", r"description", r"link\b", r"patreon", r"sponsor\w*", r"(?:next|previous|last) video",
         r"see you", r"stay tuned", r"my name is", r"follow (?:me|us)", r"instagram", r"website", r"bye\b",
         r"talk (?:about|to you)", r"discuss\w*", r"explain\w*", r"tell you", r"questions?\b", r"webinar",
-        r"lecture", r"residents?\b", r"fellows?\b",
+        r"lecture", r"residents?\b", r"fellows?\b", r"the reason",
         # patient history and findings before surgery
         r"year[- ]old", r"years? old", r"history of", r"diabet\w*", r"hypertensi\w*", r"present(?:s|ed) with",
         r"complain\w*", r"previous(?:ly)?", r"prior\b", r"referred", r"medications?", r"tamsulosin", r"flomax",
         r"allerg\w*", r"pre-?op(?:erative(?:ly)?)?\b", r"visual acuity", r"bcva", r"\d+/\d+ vision",
-        r"20/\d+", r"refraction", r"(?:the|this|our) patient (?:is|was|has|had|came|comes)",
+        r"20/\d+", r"refraction", r"(?:the|this|our) patient (?:is|was|has|had|came|comes)", r"cell count",
+        # machine settings
+        r"settings?\b", r"mmhg", r"cc per minute", r"cc/min", r"ml/min",
         # outcomes, prognosis, complications, risks
         r"complications?", r"outcomes?", r"prognosis", r"post-?op(?:erative(?:ly)?)?\b", r"follow[- ]up",
         r"recover\w*", r"discharged", r"did (?:very )?well", r"doing (?:very )?well", r"happy",
@@ -142,7 +145,9 @@ _OPENER_PHRASES = [
     r"it(?:'s| is) (?:very |really |extremely )?(?:important|essential|critical|crucial|key|best|better|good|"
     r"wise|helpful|necessary|useful) to", r"the (?:key|idea|goal|trick|aim|plan|next step) is to",
     r"make sure (?:that )?(?:you|we)?(?: to)?", r"be sure to", r"remember to", r"don't forget to",
-    r"look at", r"look how",
+    r"look at", r"look how", r"(?:we|i|you)(?:'ve| have) got", r"we have", r"there(?:'s| is)", r"this is", r"that's",
+    r"what (?:i|we|you) (?:like|want|need|prefer|try|have) to do(?: here| now)? is(?: to)?",
+    r"what (?:i'm|we're|i am|we are) doing(?: here| now)? is",
 ]
 _OPENERS = re.compile(r"^(?:" + "|".join(sorted(_OPENER_PHRASES, key=len, reverse=True)) + r")\b[,:]?(?:\s+|$)", re.IGNORECASE)
 _MANNER = {"gently", "carefully", "slowly", "slightly", "quickly", "meticulously", "thoroughly"}
@@ -172,7 +177,7 @@ _AND_PARTICIPLE = re.compile(r"\b(?P<conj>and|then|and then) (?P<verb>\w+ed|made
 # A leading temporal clause ("After the nucleus is removed, ...") only sets the scene for the main clause.
 _SUBORDINATE = re.compile(r"^(?:after|once|when|whenever|as soon as|now that|before|until)\b", re.IGNORECASE)
 # A finite verb of state: a clause with one but no action describes rather than instructs.
-_STATE = re.compile(r"\b(?:is|are|was|were|has|have|had|looks?|seems?|appears?)\b", re.IGNORECASE)
+_STATE = re.compile(r"\b(?:is|are|was|were|has|have|had|got|looks?|seems?|appears?)\b|'ve\b", re.IGNORECASE)
 _TRAILING = re.compile(r"(?:[\s,;:-]|\b(?:and|or|then|with|to|the|a|an|of|so|but|while|as)\b)+$", re.IGNORECASE)
 
 
@@ -293,7 +298,8 @@ def _from_nominal(words: list[str]) -> tuple[str, bool]:
     if lower[0] in NOMINALS:
         rest = words[2:] if len(words) > 1 and lower[1] == "of" else words[1:]
         return " ".join([NOMINALS[lower[0]], *rest]), True
-    if lower[0] in PROCEDURES or (lower[0] in {"the", "a"} and len(words) > 1 and lower[1] in PROCEDURES):
+    named = lower[0] in PROCEDURES or (lower[0] in {"the", "a"} and len(words) > 1 and lower[1] in PROCEDURES)
+    if named and not _STATE.search(" ".join(words)):
         return " ".join(["perform", _lower_first(" ".join(words))]), True
     return " ".join(words), False
 
@@ -325,7 +331,7 @@ def _lower_first(text: str) -> str:
 def refine_clauses(sentence: str) -> list[tuple[str, bool]]:
     """One sentence -> its visible clauses as (text, is an imperative action), non-visual ones dropped."""
     pieces = _CLAUSE_BREAK.split(sentence)
-    clauses: list[tuple[str, bool]] = []
+    clauses: list[tuple[str, bool, bool]] = []  # text, is an action, describes a state
     for i, clause in enumerate(pieces):
         visible = _tidy(visible_part(clause))
         if not visible or (_SUBORDINATE.match(visible) and i < len(pieces) - 1):
@@ -333,10 +339,9 @@ def refine_clauses(sentence: str) -> list[tuple[str, bool]]:
         text, is_action = to_imperative(visible)
         text = _tidy(text)
         if text and shows_something(text, is_action):
-            clauses.append((_lower_first(text), is_action))
-    if any(is_action for _, is_action in clauses):
-        clauses = [(text, is_action) for text, is_action in clauses if is_action or not _STATE.search(text)]
-    return clauses
+            clauses.append((_lower_first(text), is_action, bool(_STATE.search(visible))))
+    has_action = any(is_action for _, is_action, _ in clauses)
+    return [(text, is_action) for text, is_action, state in clauses if is_action or not (has_action and state)]
 
 
 def refine_narration(narration: str, max_words: int = 60) -> str:
