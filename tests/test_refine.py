@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import re
 import threading
 import time
@@ -124,7 +125,8 @@ def test_nothing_visible_gives_empty(narration):
     ("The pupil is small, so I'm inserting a Malyugin ring.", "Insert a Malyugin ring."),
     ("We then insert the IOL, a single-piece acrylic lens, into the bag.",
      "Insert the IOL, a single-piece acrylic lens, into the bag."),
-    ("and we're going to rotate the nucleus and we're going to chop it again", "Rotate the nucleus, and chop it again."),
+    ("and we're going to rotate the nucleus and we're going to chop it again",
+     "Rotate the nucleus, and chop it again."),
     ("Hello everyone. The patient is a 70-year-old man. We begin with a paracentesis. Subscribe for more!",
      "Begin with a paracentesis."),
     # lower-case auto-captions without punctuation
@@ -132,7 +134,8 @@ def test_nothing_visible_gives_empty(narration):
      "Go in with the phaco probe, and sculpt a groove."),
     ("all right so here we've got a pretty dense nucleus and i'm going to use a little more power",
      "Use a little more power."),
-    ("okay now i'm putting some viscoelastic in the anterior chamber", "Put some viscoelastic in the anterior chamber."),
+    ("okay now i'm putting some viscoelastic in the anterior chamber",
+     "Put some viscoelastic in the anterior chamber."),
     ("what i like to do here is to chop the nucleus horizontally", "Chop the nucleus horizontally."),
     ("the iol is now in the bag and we're going to remove the viscoelastic from behind the lens",
      "Remove the viscoelastic from behind the lens."),
@@ -145,7 +148,8 @@ def test_realistic_narrations(narration, instruction):
 
 
 def test_caption_artifacts_bom_crlf_and_rolling_repeats():
-    narration = "\ufeff<i>We now make the incision.</i>\r\nWe now make the incision.\r\n\u266a [Music] Then we fill the chamber."
+    narration = ("\ufeff<i>We now make the incision.</i>\r\nWe now make the incision.\r\n"
+                 "\u266a [Music] Then we fill the chamber.")
     assert refine_narration(narration) == "Make the incision, and fill the chamber."
 
 
@@ -298,7 +302,8 @@ def test_openai_retries_a_failure_then_succeeds(server, failure):
 
 
 def test_openai_timeout_is_retried_then_reported(server):
-    server.script = {"slow once": [{"body": "x", "delay": 1.0}, "Chop the nucleus."], "hangs": [{"body": "x", "delay": 1.0}]}
+    hang = {"body": "x", "delay": 1.0}
+    server.script = {"slow once": [hang, "Chop the nucleus."], "hangs": [hang]}
     refiner = make_refiner(_llm(server, timeout=0.2, retries=1))
     assert refiner.refine(["slow once"]) == ["Chop the nucleus."]
     with pytest.raises(LLMRequestError, match=r"no answer after 2 attempts \(timed out after 0.2 s\)"):
@@ -386,7 +391,8 @@ def test_openai_failed_narrations_are_not_cached(server, tmp_path):
     make_refiner(_llm(server, tmp_path, retries=0)).refine(["bad", "good"])
     server.script = {"bad": ["Insert the lens."]}
     asked = len(server.requests)
-    assert make_refiner(_llm(server, tmp_path, retries=0)).refine(["bad", "good"]) == ["Insert the lens.", "Insert the IOL."]
+    rerun = make_refiner(_llm(server, tmp_path, retries=0)).refine(["bad", "good"])
+    assert rerun == ["Insert the lens.", "Insert the IOL."]
     assert len(server.requests) == asked + 1
 
 
@@ -432,9 +438,16 @@ def test_cli_helpers_build_the_config(tmp_path):
 
 @pytest.mark.parametrize("backend", ["rules", "openai"])
 def test_narrations_must_be_a_list_of_text(backend):
-    config = RefineConfig(backend=backend, url="http://127.0.0.1:9/v1", model="m") if backend == "openai" else RefineConfig()
-    refiner = make_refiner(config)
+    refiner = make_refiner(RefineConfig(backend=backend, url="http://127.0.0.1:9/v1", model="m"))
     with pytest.raises(InputError, match="narration 1 is float"):
         refiner.refine(["We make the incision.", float("nan")])
     with pytest.raises(InputError, match="not one string"):
         refiner.refine("We make the incision.")
+
+
+@pytest.mark.parametrize("backend", ["rules", "openai"])
+def test_refiners_survive_pickling_for_worker_processes(server, backend):
+    refiner = make_refiner(_llm(server, backend=backend))
+    copy = pickle.loads(pickle.dumps(refiner))
+    assert copy.refine(["We make the incision."]) == refiner.refine(["We make the incision."])
+    assert (copy.name, copy.version) == (refiner.name, refiner.version)

@@ -173,6 +173,13 @@ class OpenAIRefiner:
         self.counts = {"cached": 0, "asked": 0, "retries": 0, "invalid": 0, "fallback": 0}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        """Picklable, so process pools and Ray can ship it (each process gets its own lock)."""
+        return {name: value for name, value in self.__dict__.items() if name != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
     def summary(self) -> dict:
         """What the pipeline records: backend, model, prompt version, endpoint (no key) and counts."""
         return {"backend": self.name, "version": self.version, "model": self.config.model,

@@ -132,7 +132,8 @@ _OPENER_PHRASES = [
     r"once again", r"after that", r"at this (?:point|stage|time)", r"this time", r"in this (?:video|case)",
     r"in today's video", r"today", r"as (?:you|we) can (?:see|notice)", r"(?:you|we) can (?:see|notice)(?: that| how)?",
     r"here (?:we|you) (?:see|have)", r"you(?:'ll| will) (?:see|notice)(?: that| how)?", r"notice(?: that| how)?",
-    r"note(?: that| how)?", r"let's see", r"watch(?: how)?", r"(?:let me|i(?:'ll| will)|we(?:'ll| will)) show you(?: how)?",
+    r"note(?: that| how)?", r"let's see", r"watch(?: how)?",
+    r"(?:let me|i(?:'ll| will)|we(?:'ll| will)) show you(?: how)?",
     r"go ahead and", r"going ahead and", r"in my (?:experience|hands)", r"as usual", r"just", r"simply",
     # subjects and auxiliaries of first/second/third-person narration
     r"i'm", r"we're", r"you're", r"i've", r"we've", r"you've", r"i'll", r"we'll", r"you'll", r"i'd", r"we'd",
@@ -149,10 +150,14 @@ _OPENER_PHRASES = [
     r"what (?:i|we|you) (?:like|want|need|prefer|try|have) to do(?: here| now)? is(?: to)?",
     r"what (?:i'm|we're|i am|we are) doing(?: here| now)? is",
 ]
-_OPENERS = re.compile(r"^(?:" + "|".join(sorted(_OPENER_PHRASES, key=len, reverse=True)) + r")\b[,:]?(?:\s+|$)", re.IGNORECASE)
+_OPENERS = re.compile(
+    r"^(?:" + "|".join(sorted(_OPENER_PHRASES, key=len, reverse=True)) + r")\b[,:]?(?:\s+|$)", re.IGNORECASE
+)
 _MANNER = {"gently", "carefully", "slowly", "slightly", "quickly", "meticulously", "thoroughly"}
-_CAREFUL = re.compile(r"^be (?:very |extra |really )?careful(?: (?P<neg>not to)| (?:during|when|while|with|in|of|about))?\s+",
-                      re.IGNORECASE)
+_CAREFUL = re.compile(
+    r"^be (?:very |extra |really )?careful(?: (?P<neg>not to)| (?:during|when|while|with|in|of|about))?\s+",
+    re.IGNORECASE,
+)
 _NEGATION = re.compile(r"^(?:don't|do not|never)\s+", re.IGNORECASE)
 _PASSIVE = re.compile(
     r"^(?P<np>(?:[\w/'-]+ ){0,4}?[\w/'-]+) (?:is|are|was|were|gets|get|has been|have been|will be|can be|should be|"
@@ -160,7 +165,8 @@ _PASSIVE = re.compile(
     r"(?P<verb>\w+)\b(?P<rest>.*)$",
     re.IGNORECASE,
 )
-_DONE = re.compile(r" (?:is|are|was|were|being|gets) (?:then )?(?:done|performed|carried out|achieved)\b", re.IGNORECASE)
+_DONE = re.compile(r" (?:is|are|was|were|being|gets) (?:then )?(?:done|performed|carried out|achieved)\b",
+                   re.IGNORECASE)
 # A comma, or a conjunction followed by a new subject, starts a new clause (auto-captions often lack commas).
 _CLAUSE_BREAK = re.compile(
     r",|\s(?:and|so|but)\s(?=(?:now |then )?(?:i|we|you|i'm|we're|you're|i'll|we'll|let's)\b)"
@@ -290,7 +296,11 @@ def _base_of_participle(match: re.Match) -> str:
 
 
 def _from_nominal(words: list[str]) -> tuple[str, bool]:
-    """"cortical removal ..." -> "remove cortex ...", "insertion of the IOL" -> "insert the IOL", "hydrodissection" -> "perform ..."."""
+    """Nominal phrasing -> imperative.
+
+    "cortical removal ..." -> "remove cortex ...", "insertion of the IOL" -> "insert the IOL",
+    "hydrodissection" -> "perform hydrodissection".
+    """
     words = _DONE.sub("", " ".join(words)).split(" ")
     lower = [w.lower().strip(",") for w in words]
     if len(words) > 1 and lower[0] in ADJECTIVE_OBJECTS and lower[1] in NOMINALS:
