@@ -229,3 +229,42 @@ def copy_segment(src: str | Path, dst: str | Path, start: float, end: float) -> 
         raise
     fps = probe_video(dst).fps or 30.0
     return first, last + 1.0 / fps
+
+
+def encode_segment(src: str | Path, dst: str | Path, start: float, end: float, crf: int = 18,
+                   rotation: int = 0, preset: str = "veryfast") -> tuple[float, float]:
+    """Re-encode the frames shown in [start, end) to H.264 (exact boundaries, display rotation applied)."""
+    src = Path(src)
+    first = last = None
+    writer = None
+    try:
+        with _open(src) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            fps = float(stream.average_rate or stream.guessed_rate or 30)
+            base = stream.start_time if stream.start_time is not None else 0
+            container.seek(max(int(start / stream.time_base) + base, base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                t = float((frame.pts - base) * stream.time_base)
+                if t < start - 1e-3:
+                    continue
+                if t >= end - 1e-3:
+                    break
+                image = frame.to_ndarray(format="rgb24")
+                image = np.rot90(image, k=rotation // 90) if rotation else image
+                image = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]
+                if writer is None:
+                    writer = VideoWriter(dst, fps, image.shape[1], image.shape[0], crf=crf, preset=preset)
+                writer.write(image)
+                first = t if first is None else first
+                last = t
+    except BaseException as exc:
+        if writer is not None:
+            writer.__exit__(type(exc), exc, None)
+        if isinstance(exc, av.error.FFmpegError):
+            raise MediaError(f"cannot decode {src}: {exc}") from None
+        raise
+    if writer is None or first is None:
+        raise MediaError(f"no frames in [{start:.2f}, {end:.2f}) s of {src}")
+    writer.close()
+    return first, last + 1.0 / fps

@@ -1,0 +1,176 @@
+"""One decode pass over a source video, then per-clip scores: resolution, scene cuts, motion, non-surgical frames.
+
+The pass decodes every frame once and keeps only what the scores need: a tiny colour frame per decoded
+frame for PySceneDetect (never stored), grey frames sampled at `sample_fps` for motion, overlay and
+frame-type statistics, and larger colour frames once per `ocr_interval` inside candidate clips for OCR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scenedetect.common import FrameTimecode
+from scenedetect.detectors import ContentDetector, ThresholdDetector
+
+from ophora.curate.segment import Span
+from ophora.media import iter_frames
+
+SCENE_SIZE = (128, 72)
+
+
+@dataclass
+class FilterConfig:
+    """Thresholds of every filter; scores are kept in the manifest whatever the decision."""
+
+    min_width: int = 720
+    min_height: int = 480
+    min_s: float = 2.0
+    scene_threshold: float = 27.0
+    fade_threshold: float = 12.0
+    sample_fps: float = 4.0
+    sample_width: int = 256
+    freeze_eps: float = 0.3
+    max_frozen_fraction: float = 0.5
+    max_motion: float = 40.0
+    max_non_surgical_fraction: float = 0.3
+    ocr_interval: float = 1.0
+    ocr_long_side: int = 960
+
+
+@dataclass
+class SourceScan:
+    """What one decode pass learned about a source video (times in seconds, frames already rotated)."""
+
+    width: int
+    height: int
+    fps: float = 0.0
+    keyframes: list[float] = field(default_factory=list)
+    cuts: list[float] = field(default_factory=list)
+    sample_times: list[float] = field(default_factory=list)
+    samples: list[np.ndarray] = field(default_factory=list)
+    ocr_times: list[float] = field(default_factory=list)
+    ocr_frames: list[np.ndarray] = field(default_factory=list)
+    frames: int = 0
+    last_time: float = 0.0
+
+    def sample_stack(self, start: float, end: float) -> np.ndarray:
+        """Grey samples (N, H, W) shown in [start, end)."""
+        picked = [f for t, f in zip(self.sample_times, self.samples) if start <= t < end]
+        return np.stack(picked) if picked else np.zeros((0, 1, 1), np.uint8)
+
+    def ocr_stack(self, start: float, end: float, count: int) -> list[np.ndarray]:
+        """Up to `count` OCR frames from [start, end), spread evenly."""
+        inside = [f for t, f in zip(self.ocr_times, self.ocr_frames) if start <= t < end]
+        if len(inside) <= count:
+            return inside
+        return [inside[i] for i in np.linspace(0, len(inside) - 1, count).round().astype(int)]
+
+
+def _rotate(image: np.ndarray, rotation: int) -> np.ndarray:
+    return np.rot90(image, k=rotation // 90).copy() if rotation else image
+
+
+def _size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    scale = min(1.0, long_side / max(width, height))
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: int = 0) -> SourceScan:
+    """Decode `path` once and collect keyframes, scene cuts, grey samples and OCR frames."""
+    detectors = [ContentDetector(threshold=config.scene_threshold, min_scene_len=2),
+                 ThresholdDetector(threshold=config.fade_threshold, min_scene_len=2)]
+    scan: SourceScan | None = None
+    times: list[float] = []
+    next_sample = next_ocr = 0.0
+    sample_size = ocr_size = (0, 0)
+    for t, frame in iter_frames(path):
+        if scan is None:
+            w, h = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
+            scan = SourceScan(width=w, height=h)
+            sample_size = _size(frame.width, frame.height, config.sample_width)
+            ocr_size = _size(frame.width, frame.height, config.ocr_long_side)
+        if frame.key_frame:
+            scan.keyframes.append(t)
+        # PySceneDetect counts frames; its cut frame numbers map back to real (possibly VFR) times.
+        tiny = frame.to_ndarray(width=SCENE_SIZE[0], height=SCENE_SIZE[1], format="bgr24")
+        code = FrameTimecode(len(times), fps=30.0)
+        times.append(t)
+        for detector in detectors:
+            scan.cuts.extend(times[c.frame_num] for c in detector.process_frame(code, tiny))
+        if t >= next_sample:
+            grey = frame.to_ndarray(width=sample_size[0], height=sample_size[1], format="gray")
+            scan.sample_times.append(t)
+            scan.samples.append(_rotate(grey, rotation))
+            next_sample = t + 1.0 / config.sample_fps
+        if t >= next_ocr and any(s.start <= t < s.end for s in spans):
+            bgr = frame.to_ndarray(width=ocr_size[0], height=ocr_size[1], format="bgr24")
+            scan.ocr_times.append(t)
+            scan.ocr_frames.append(_rotate(bgr, rotation))
+            next_ocr = t + config.ocr_interval
+    if scan is None:
+        raise ValueError("no decodable frames")
+    scan.frames, scan.last_time = len(times), times[-1]
+    scan.cuts = sorted(set(scan.cuts))
+    return scan
+
+
+def resolution_ok(width: int, height: int, config: FilterConfig) -> bool:
+    """Whether a frame of this size meets the minimum (orientation-independent: 480x720 passes 720x480)."""
+    return max(width, height) >= max(config.min_width, config.min_height) and \
+        min(width, height) >= min(config.min_width, config.min_height)
+
+
+def longest_cut_free(start: float, end: float, cuts: list[float]) -> tuple[float, float, int]:
+    """The longest part of [start, end) without a cut inside, and how many cuts fell inside."""
+    inside = [c for c in cuts if start < c < end]
+    bounds = [start, *inside, end]
+    a, b = max(zip(bounds, bounds[1:]), key=lambda ab: ab[1] - ab[0])
+    return a, b, len(inside)
+
+
+def snap_to_keyframe(start: float, keyframes: list[float]) -> float | None:
+    """The first keyframe at or after `start` (stream copy can only begin there)."""
+    return next((k for k in keyframes if k >= start - 1e-3), None)
+
+
+def frame_kind(grey: np.ndarray) -> str:
+    """`black`, `blank` (one flat colour: slides, title cards, empty screens) or `scene`."""
+    mean = float(grey.mean())
+    if mean < 20:
+        return "black"
+    hist = np.bincount(grey.ravel(), minlength=256).astype(np.float64)
+    dark = hist[:24].sum() / hist.sum()
+    window = np.convolve(hist[24:], np.ones(9), mode="same")
+    flat = window.max() / hist.sum()
+    if flat > 0.5 or dark > 0.9:
+        return "blank"
+    return "scene"
+
+
+def motion_scores(samples: np.ndarray, config: FilterConfig) -> dict[str, float]:
+    """Mean absolute grey difference between successive samples, and the fraction that barely changes."""
+    if len(samples) < 2:
+        return {"motion": 0.0, "frozen_fraction": 1.0}
+    diffs = np.abs(np.diff(samples.astype(np.int16), axis=0)).mean(axis=(1, 2))
+    return {"motion": float(diffs.mean()), "frozen_fraction": float((diffs < config.freeze_eps).mean())}
+
+
+def non_surgical_scores(samples: np.ndarray) -> dict[str, float]:
+    """Fractions of samples that are black or blank (slides, title cards)."""
+    kinds = [frame_kind(s) for s in samples]
+    n = max(len(kinds), 1)
+    return {"black_fraction": kinds.count("black") / n, "blank_fraction": kinds.count("blank") / n}
+
+
+def content_decision(scores: dict[str, float], config: FilterConfig) -> str | None:
+    """The reason a clip's content fails the filters, or None when it passes."""
+    if scores["black_fraction"] + scores["blank_fraction"] > config.max_non_surgical_fraction:
+        return "black" if scores["black_fraction"] >= scores["blank_fraction"] else "blank_or_slide"
+    if scores["frozen_fraction"] > config.max_frozen_fraction:
+        return "static"
+    if scores["motion"] > config.max_motion:
+        return "extreme_motion"
+    return None

@@ -1,0 +1,449 @@
+"""`ophora curate`: a folder of narrated videos -> clips, instructions and a privacy-preserved subset.
+
+Stages: (1) find sources, (2) plan each source (probe, narration, clip spans), (3) refine all narrations
+at once, (4) process each source on the engine (one decode pass, filters, privacy, clip files), (5) gather
+the per-source records into the dataset files. Stage 4 leaves `OUT/.work/<stem>.json` per finished source,
+keyed by a fingerprint of the source and the settings, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ophora import __version__
+from ophora.curate.filters import (FilterConfig, content_decision, longest_cut_free, motion_scores,
+                                   non_surgical_scores, resolution_ok, scan_source, snap_to_keyframe)
+from ophora.curate.privacy import PrivacyConfig, privacy_reason, privacy_scores
+from ophora.curate.segment import Span, clip_spans, sentence_spans
+from ophora.errors import ConfigError, InputError, MediaError, OphoraError
+from ophora.media import copy_segment, encode_segment, probe_video, temp_path, video_rotation
+from ophora.subtitles import Cue, find_sidecar, normalize_cues, read_subtitles
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
+CSV_COLUMNS = ["clip id", "instruction"]
+SCORE_COLUMNS = ["cuts_inside", "motion", "frozen_fraction", "black_fraction", "blank_fraction",
+                 "text_area", "text_boxes", "overlay_area", "vlm_flag"]
+
+
+@dataclass
+class CurateConfig:
+    """Everything `ophora curate` needs; the CLI flags map onto it."""
+
+    input: Path
+    out: Path
+    workers: int | None = None  # local processes; None: all cores
+    engine: str = "local"  # local | ray
+    ray_address: str | None = None  # None: start or join a local Ray
+    clip_mode: str = "copy"  # copy: stream copy from the first keyframe; reencode: exact frames, H.264
+    crf: int = 18
+    min_s: float = 2.0
+    max_s: float = 10.0
+    target_s: float = 5.5
+    asr: str | None = None  # None or "faster-whisper" for videos without a sidecar
+    asr_model: str | None = None
+    examples_per_reason: int = 3
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    refine: object | None = None  # a RefineConfig; None: the rules refiner
+
+    def check(self) -> None:
+        """Catch every setting mistake before any work starts."""
+        self.input, self.out = Path(self.input), Path(self.out)
+        if not self.input.is_dir():
+            raise InputError(f"input folder not found: {self.input}")
+        if self.engine not in ("local", "ray"):
+            raise ConfigError(f"--engine must be local or ray, got {self.engine!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.clip_mode not in ("copy", "reencode"):
+            raise ConfigError(f"--clip-mode must be copy or reencode, got {self.clip_mode!r}")
+        if not 0 < self.min_s <= self.target_s <= self.max_s:
+            raise ConfigError(f"clip lengths need 0 < min ({self.min_s}) <= target ({self.target_s}) <= max ({self.max_s})")
+        if self.asr not in (None, "faster-whisper"):
+            raise ConfigError(f"--asr must be faster-whisper, got {self.asr!r}")
+        if self.asr and not self.asr_model:
+            raise ConfigError("--asr faster-whisper needs --asr-model (a local CTranslate2 folder or model id)")
+        self.filters.min_s = self.min_s
+        self.privacy.check()
+
+    def settings(self) -> dict:
+        """The settings a source's clips depend on (its fingerprint includes them)."""
+        privacy = {k: v for k, v in asdict(self.privacy).items() if k != "threads"}
+        return {"clip_mode": self.clip_mode, "crf": self.crf, "filters": asdict(self.filters), "privacy": privacy}
+
+
+@dataclass
+class SourceJob:
+    """One source video with its planned clips, ready for stage 4."""
+
+    path: str
+    source: str  # path relative to the input folder
+    stem: str
+    spans: list[tuple[float, float, str, str]]  # start, end, narration, instruction
+    fingerprint: str = ""
+
+
+class SkipSource(OphoraError):
+    """A source that cannot be curated; `reason` is a short code for the summary."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+# ------------------------------------------------------------------------------------------- stage 1-2: plan
+
+
+def find_sources(folder: Path) -> list[Path]:
+    """Video files under `folder` (recursive, hidden folders and our own output skipped), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+_ASR_MODELS: dict[str, object] = {}
+
+
+def transcribe(path: Path, model: str) -> list[Cue]:
+    """Narration cues from faster-whisper; a missing package or model skips the source with that reason."""
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError:
+        raise SkipSource("asr_unavailable", "faster-whisper is not installed (pip install 'ophora[asr]')") from None
+    if model not in _ASR_MODELS:
+        try:
+            _ASR_MODELS[model] = WhisperModel(model)
+        except Exception as exc:  # the loader raises many kinds (missing files, bad format, no network)
+            raise SkipSource("asr_unavailable", f"cannot load ASR model {model}: {type(exc).__name__}: {exc}") from None
+    segments, _ = _ASR_MODELS[model].transcribe(str(path))
+    return normalize_cues([Cue(s.start, s.end, s.text.strip()) for s in segments])
+
+
+def plan_source(path: Path, config: CurateConfig) -> list[Span]:
+    """The clip spans of one source; raises SkipSource when it cannot be curated."""
+    if path.stat().st_size == 0:
+        raise SkipSource("empty_file", "the file is empty")
+    try:
+        info = probe_video(path)
+    except MediaError as exc:
+        reason = "no_video_stream" if "no video stream" in str(exc) else "unreadable"
+        raise SkipSource(reason, str(exc)) from None
+    sidecar = find_sidecar(path)
+    if sidecar is not None:
+        try:
+            cues = read_subtitles(sidecar)
+        except MediaError as exc:
+            raise SkipSource("bad_subtitles", str(exc)) from None
+    elif config.asr:
+        cues = transcribe(path, config.asr_model)
+    else:
+        raise SkipSource("no_narration", "no .srt/.vtt/.json sidecar with the same name (and --asr not set)")
+    duration = info.duration or float("inf")
+    spans = clip_spans(sentence_spans(cues), duration, config.min_s, config.max_s, config.target_s)
+    if not spans:
+        raise SkipSource("no_narration", f"none of the {len(cues)} narration cues falls inside the video")
+    return spans
+
+
+def _fingerprint(path: Path, spans: list, settings: dict) -> str:
+    stat = path.stat()
+    payload = json.dumps([stat.st_size, stat.st_mtime_ns, spans, settings], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------- stage 4: process
+
+
+def _row(job: SourceJob, index: int, span: tuple, **values) -> dict:
+    start, end, narration, instruction = span
+    row = {"clip id": f"{job.stem}_{index}", "source": job.source, "start": start, "end": end,
+           "duration": end - start, "width": 0, "height": 0, "fps": 0.0, "narration": narration,
+           "instruction": instruction, "decision": "drop", "reason": "", "privacy_reason": "",
+           "trimmed": False, **{k: float("nan") for k in SCORE_COLUMNS}}
+    row.update(values)
+    return row
+
+
+def _thumbnail(scan, start: float, end: float, path: Path) -> None:
+    """A small JPEG of the clip for the report (a colour OCR frame, else a grey sample)."""
+    frames = scan.ocr_stack(start, end, 1) or list(scan.sample_stack(start, end)[:1])
+    if not frames:
+        return
+    image = frames[0]
+    size = (240, max(2, round(240 * image.shape[0] / image.shape[1])))
+    ok, data = cv2.imencode(".jpg", cv2.resize(image, size, interpolation=cv2.INTER_AREA), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    tmp = temp_path(path)
+    tmp.write_bytes(data.tobytes())
+    os.replace(tmp, path)
+
+
+def judge_clip(job: SourceJob, index: int, scan, rotation: int, config: CurateConfig) -> dict:
+    """Scores and decision of one candidate clip; writes its clip file when it is kept."""
+    span = job.spans[index]
+    start, end, _, instruction = span
+    row = _row(job, index, span, width=scan.width, height=scan.height, fps=scan.fps)
+    clip_id = row["clip id"]
+    (config.out / "thumbs").mkdir(parents=True, exist_ok=True)
+    _thumbnail(scan, start, end, config.out / "thumbs" / f"{clip_id}.jpg")
+    if end - start < config.min_s:
+        return {**row, "reason": "too_short"}
+    a, b, cuts = longest_cut_free(start, end, scan.cuts)
+    row.update(cuts_inside=cuts, trimmed=cuts > 0, start=a, end=b, duration=b - a)
+    if b - a < config.min_s:
+        return {**row, "reason": "scene_cut"}
+    copy = config.clip_mode == "copy" and not rotation
+    if copy:
+        a = snap_to_keyframe(a, scan.keyframes)
+        if a is None or b - a < config.min_s:
+            return {**row, "reason": "keyframe_gap"}
+        row.update(start=a, duration=b - a)
+    samples = scan.sample_stack(a, b)
+    scores = {**motion_scores(samples, config.filters), **non_surgical_scores(samples)}
+    row.update(scores)
+    reason = content_decision(scores, config.filters)
+    if reason:
+        return {**row, "reason": reason}
+    if not instruction:
+        return {**row, "reason": "no_instruction"}
+    pscores = privacy_scores(scan.ocr_stack(a, b, config.privacy.frames), samples, config.privacy)
+    row.update(pscores, privacy_reason=privacy_reason(pscores, config.privacy))
+    target = config.out / "clips" / f"{clip_id}.mp4"
+    if copy:
+        a, b = copy_segment(job.path, target, a, b)
+    else:
+        a, b = encode_segment(job.path, target, a, b, crf=config.crf, rotation=rotation)
+    return {**row, "start": a, "end": b, "duration": b - a, "decision": "keep"}
+
+
+def process_source(job: SourceJob, config: CurateConfig) -> dict:
+    """Stage 4 for one source: decode once, judge every clip, write kept clips and the source record."""
+    record_path = config.out / ".work" / f"{job.stem}.json"
+    started = time.perf_counter()
+    record = {"source": job.source, "fingerprint": job.fingerprint, "skipped": "", "detail": "", "rows": []}
+    try:
+        info = probe_video(job.path)
+        rotation = video_rotation(job.path)
+        width, height = (info.height, info.width) if rotation in (90, 270) else (info.width, info.height)
+        if not resolution_ok(width, height, config.filters):
+            record["rows"] = [_row(job, i, s, width=width, height=height, fps=info.fps, reason="resolution")
+                              for i, s in enumerate(job.spans)]
+        else:
+            spans = [Span(s[0], s[1], s[2]) for s in job.spans]
+            scan = scan_source(Path(job.path), spans, config.filters, rotation)
+            scan.fps = info.fps
+            record["rows"] = [judge_clip(job, i, scan, rotation, config) for i in range(len(job.spans))]
+        record["rotation"] = rotation
+    except (MediaError, ValueError) as exc:
+        record.update(skipped="undecodable", detail=str(exc), rows=[])
+    record["seconds"] = time.perf_counter() - started
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(record_path)
+    tmp.write_text(json.dumps(record, default=_json_default))
+    os.replace(tmp, record_path)
+    return record
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def _load_record(job: SourceJob, out: Path) -> dict | None:
+    path = out / ".work" / f"{job.stem}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if record.get("fingerprint") != job.fingerprint:
+        return None
+    kept = [r for r in record["rows"] if r["decision"] == "keep"]
+    return record if all((out / "clips" / f"{r['clip id']}.mp4").is_file() for r in kept) else None
+
+
+def run_local(jobs: list[SourceJob], config: CurateConfig, workers: int):
+    """Yield each job's record, computed in `workers` local processes (in this process when 1)."""
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield process_source(job, config)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(process_source, job, config) for job in jobs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def run_ray(jobs: list[SourceJob], config: CurateConfig):
+    """Yield each job's record, computed as Ray tasks (one CPU each) on `config.ray_address` or a local Ray."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray: pip install 'ophora[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=False)
+    task = ray.remote(num_cpus=1)(process_source)
+    pending = [task.remote(job, config) for job in jobs]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(done[0])
+
+
+# ------------------------------------------------------------------------------------------- stage 5: outputs
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = temp_path(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows([r["clip id"], r["instruction"]] for r in rows)
+    return buffer.getvalue()
+
+
+def write_outputs(rows: list[dict], skipped: list[dict], summary: dict, out: Path) -> None:
+    """instructions.csv, privacy_preserved.csv, manifest.parquet, skipped_sources.csv, summary.json, report.html."""
+    from ophora.curate.report import write_report
+
+    kept = [r for r in rows if r["decision"] == "keep"]
+    _write_atomic(out / "instructions.csv", _csv_text(kept))
+    _write_atomic(out / "privacy_preserved.csv", _csv_text([r for r in kept if not r["privacy_reason"]]))
+    manifest = pd.DataFrame(rows, columns=list(_row(SourceJob("", "", "", []), 0, (0.0, 0.0, "", "")).keys()))
+    manifest["privacy_preserved"] = (manifest["decision"] == "keep") & (manifest["privacy_reason"] == "")
+    tmp = temp_path(out / "manifest.parquet")
+    manifest.to_parquet(tmp, index=False)
+    os.replace(tmp, out / "manifest.parquet")
+    buffer = io.StringIO()
+    pd.DataFrame(skipped, columns=["source", "reason", "detail"]).to_csv(buffer, index=False)
+    _write_atomic(out / "skipped_sources.csv", buffer.getvalue())
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str))
+    write_report(manifest, skipped, summary, out)
+
+
+def _versions(refiner) -> dict:
+    import av
+    import scenedetect
+
+    versions = {"ophora": __version__, "av": av.__version__, "scenedetect": scenedetect.__version__,
+                "opencv": cv2.__version__}
+    try:
+        from importlib.metadata import version
+
+        versions["rapidocr-onnxruntime"] = version("rapidocr-onnxruntime")
+    except Exception:  # metadata of an optional package: absence is fine
+        pass
+    versions["refiner"] = refiner.summary() if hasattr(refiner, "summary") else getattr(refiner, "name", "")
+    return versions
+
+
+def curate(config: CurateConfig) -> dict:
+    """Run the whole pipeline; returns the summary also written to OUT/summary.json."""
+    from ophora.curate.refine import RefineConfig, make_refiner
+
+    # 1. check inputs and find the sources
+    config.check()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    config.out.mkdir(parents=True, exist_ok=True)
+    refiner = make_refiner(config.refine or RefineConfig())
+    workers = config.workers or os.cpu_count() or 1
+    config.privacy.threads = max(1, (os.cpu_count() or 1) // workers)
+    sources = [p for p in find_sources(config.input) if config.out.resolve() not in p.resolve().parents]
+    log.info("%d source videos under %s", len(sources), config.input)
+
+    # 2. plan each source: probe, narration, clip spans
+    skipped: list[dict] = []
+    planned: list[tuple[Path, str, list[Span]]] = []
+    stems: set[str] = set()
+    for path in tqdm(sources, desc="plan", unit="video"):
+        source = str(path.relative_to(config.input))
+        try:
+            if path.stem in stems:
+                raise SkipSource("duplicate_stem", f"another source already has the stem {path.stem!r}")
+            planned.append((path, source, plan_source(path, config)))
+            stems.add(path.stem)
+        except SkipSource as exc:
+            skipped.append({"source": source, "reason": exc.reason, "detail": str(exc)})
+            log.warning("skipping %s: %s", source, exc)
+    timings["plan_s"] = time.perf_counter() - t0
+
+    # 3. refine every narration at once (the openai backend batches and caches)
+    t1 = time.perf_counter()
+    narrations = sorted({s.text for _, _, spans in planned for s in spans})
+    instructions = dict(zip(narrations, refiner.refine(narrations)))
+    timings["refine_s"] = time.perf_counter() - t1
+
+    # 4. process each source on the engine; finished sources are read back from their records
+    t2 = time.perf_counter()
+    jobs = []
+    for path, source, spans in planned:
+        spans_t = [(s.start, s.end, s.text, instructions[s.text]) for s in spans]
+        jobs.append(SourceJob(str(path), source, path.stem, spans_t, _fingerprint(path, spans_t, config.settings())))
+    records, todo = {}, []
+    for job in jobs:
+        record = _load_record(job, config.out)
+        (todo.append(job) if record is None else records.__setitem__(job.source, record))
+    log.info("%d sources to process, %d already done", len(todo), len(records))
+    engine = run_ray(todo, config) if config.engine == "ray" else run_local(todo, config, workers)
+    for record in tqdm(engine, total=len(todo), desc="curate", unit="video"):
+        records[record["source"]] = record
+    timings["process_s"] = time.perf_counter() - t2
+
+    # 5. gather the records into the dataset files
+    rows = []
+    for job in jobs:
+        record = records[job.source]
+        if record["skipped"]:
+            skipped.append({"source": job.source, "reason": record["skipped"], "detail": record["detail"]})
+        rows.extend(record["rows"])
+    timings["total_s"] = time.perf_counter() - t0
+    summary = _summary(config, refiner, len(sources), rows, skipped, timings, workers)
+    write_outputs(rows, skipped, summary, config.out)
+    log.info("kept %d of %d candidate clips (%d privacy-preserved) in %s", summary["clips"]["kept"],
+             summary["clips"]["candidates"], summary["clips"]["privacy_preserved"], config.out)
+    return summary
+
+
+def _summary(config: CurateConfig, refiner, n_sources: int, rows: list[dict], skipped: list[dict],
+             timings: dict, workers: int) -> dict:
+    kept = [r for r in rows if r["decision"] == "keep"]
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "refine"}
+    if config.refine is not None and dataclasses.is_dataclass(config.refine):
+        settings["refine"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config.refine).items()}
+    settings["workers"] = workers
+    return {
+        "config": settings,
+        "versions": _versions(refiner),
+        "sources": {"found": n_sources, "skipped": len(skipped),
+                    "skipped_by_reason": dict(Counter(s["reason"] for s in skipped))},
+        "clips": {"candidates": len(rows), "kept": len(kept),
+                  "dropped_by_reason": dict(Counter(r["reason"] for r in rows if r["decision"] != "keep")),
+                  "privacy_flagged_by_reason": dict(Counter(r["privacy_reason"] for r in kept if r["privacy_reason"])),
+                  "privacy_preserved": sum(1 for r in kept if not r["privacy_reason"]),
+                  "trimmed_at_cut": sum(1 for r in kept if r["trimmed"]),
+                  "kept_seconds": round(sum(r["duration"] for r in kept), 3),
+                  "mean_kept_seconds": round(float(np.mean([r["duration"] for r in kept])), 3) if kept else 0.0},
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }

@@ -1,0 +1,165 @@
+"""Privacy filter (what P2FT removes): burned-in text and static overlays such as logos and watermarks.
+
+Text is found with PP-OCRv4's text *detector* (shipped in the rapidocr-onnxruntime wheel); recognition is
+never run, so no text that could name a patient is ever read, let alone logged. Overlays without text are
+found as compact, edge-rich regions that stay fixed while the surgical view around them changes. The
+optional `vlm` backend asks an OpenAI-compatible vision-language endpoint and only keeps its yes/no.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ophora.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+VLM_PROMPT = ("These frames come from one surgical video clip. Is there any burned-in text, subtitle, caption, "
+              "name, date, logo or watermark overlaid on the video? Answer with exactly one word: yes or no.")
+
+
+@dataclass
+class PrivacyConfig:
+    """Which detectors run and when they flag a clip."""
+
+    backend: str = "ocr"  # "ocr" (text detector + overlay check), "vlm" (endpoint), "off"
+    frames: int = 3
+    min_text_area: float = 0.0005
+    min_text_boxes: int = 1
+    overlay: bool = True
+    overlay_persistence: float = 0.8  # share of sampled frames in which an edge pixel must be an edge
+    overlay_min_density: float = 0.15  # share of a region's box covered by persistent edges
+    overlay_min_area: float = 0.001
+    overlay_max_area: float = 0.06
+    overlay_min_motion: float = 2.0  # mean temporal std (grey levels) the view needs for the check to apply
+    min_box_aspect: float = 1.5
+    vlm_url: str | None = None
+    vlm_model: str | None = None
+    vlm_timeout: float = 60.0
+    vlm_retries: int = 3
+    threads: int = 1
+
+    def check(self) -> None:
+        if self.backend not in ("ocr", "vlm", "off"):
+            raise ConfigError(f"privacy backend must be ocr, vlm or off, got {self.backend!r}")
+        if self.backend == "vlm" and not (self.vlm_url and self.vlm_model):
+            raise ConfigError("the vlm privacy backend needs --vlm-url and --vlm-model")
+
+
+_ENGINES: dict[int, object] = {}
+
+
+def text_detector(threads: int = 1):
+    """The PP-OCRv4 detector of rapidocr-onnxruntime, one per process."""
+    if threads not in _ENGINES:
+        try:
+            from rapidocr_onnxruntime import RapidOCR
+        except ImportError as exc:
+            raise ModelError(f"rapidocr-onnxruntime is needed for the privacy filter: {exc}") from None
+        _ENGINES[threads] = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
+    return _ENGINES[threads]
+
+
+def _aspect(box: np.ndarray) -> float:
+    (_, _), (w, h), _ = cv2.minAreaRect(box)
+    return max(w, h) / max(min(w, h), 1.0)
+
+
+def text_scores(frames: list[np.ndarray], config: PrivacyConfig) -> dict[str, float]:
+    """Largest fraction of a frame covered by detected text boxes, and the most boxes in one frame."""
+    engine = text_detector(config.threads)
+    area, boxes = 0.0, 0
+    for frame in frames:
+        found, _ = engine(frame, use_det=True, use_cls=False, use_rec=False)
+        # Text lines are wide; square blobs of texture (vessels, speckle) are not text.
+        found = [b for b in found or [] if _aspect(np.asarray(b, np.float32)) >= config.min_box_aspect]
+        covered = sum(cv2.contourArea(np.asarray(b, np.float32)) for b in found)
+        area = max(area, covered / (frame.shape[0] * frame.shape[1]))
+        boxes = max(boxes, len(found))
+    return {"text_area": area, "text_boxes": float(boxes)}
+
+
+def overlay_score(samples: np.ndarray, config: PrivacyConfig) -> float:
+    """Area fraction of the largest compact region of persistent edges inside a moving view (0 if none).
+
+    A logo or watermark keeps its edges in the same pixels in almost every frame, while the edges of
+    tissue and instruments wander as the view moves. Regions of persistent edges that are compact and
+    dense count; the long thin circle of a microscope's field stop does not.
+    """
+    if len(samples) < 3 or float(samples.astype(np.float32).std(axis=0).mean()) < config.overlay_min_motion:
+        return 0.0
+    persistence = np.mean([cv2.Canny(s, 50, 120) > 0 for s in samples], axis=0)
+    steady = (persistence >= config.overlay_persistence).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(cv2.dilate(steady, np.ones((5, 5), np.uint8)))
+    h, w = steady.shape
+    best = 0.0
+    for x, y, bw, bh, _ in stats[1:count]:
+        box = bw * bh / (h * w)
+        if (config.overlay_min_area <= box <= config.overlay_max_area and max(bw / w, bh / h) < 0.35
+                and steady[y:y + bh, x:x + bw].mean() >= config.overlay_min_density):
+            best = max(best, float(box))
+    return best
+
+
+def _jpeg_data_url(frame: np.ndarray) -> str:
+    ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode()
+
+
+def vlm_flag(frames: list[np.ndarray], config: PrivacyConfig) -> float:
+    """Ask the vision-language endpoint; 1.0 when it says yes, 0.0 when no (retries with backoff)."""
+    content = [{"type": "text", "text": VLM_PROMPT}] + [
+        {"type": "image_url", "image_url": {"url": _jpeg_data_url(f)}} for f in frames]
+    body = json.dumps({"model": config.vlm_model, "temperature": 0, "max_tokens": 3,
+                       "messages": [{"role": "user", "content": content}]}).encode()
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get("OPHORA_LLM_API_KEY")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    url = config.vlm_url.rstrip("/") + "/chat/completions"
+    error = "no attempt"
+    for attempt in range(config.vlm_retries):
+        try:
+            request = urllib.request.Request(url, data=body, headers=headers)
+            with urllib.request.urlopen(request, timeout=config.vlm_timeout) as response:
+                answer = json.load(response)["choices"][0]["message"]["content"].strip().lower()
+            if answer.startswith(("yes", "no")):
+                return 1.0 if answer.startswith("yes") else 0.0
+            error = "answer was neither yes nor no"
+        except (urllib.error.URLError, TimeoutError, OSError, KeyError, IndexError, TypeError, ValueError) as exc:
+            error = type(exc).__name__
+        time.sleep(min(2 ** attempt * 0.5, 8))
+    raise ModelError(f"vlm privacy endpoint {config.vlm_url} failed after {config.vlm_retries} tries ({error})")
+
+
+def privacy_scores(frames: list[np.ndarray], samples: np.ndarray, config: PrivacyConfig) -> dict[str, float]:
+    """All privacy scores of one clip (absent detectors score 0)."""
+    scores = {"text_area": 0.0, "text_boxes": 0.0, "overlay_area": 0.0, "vlm_flag": 0.0}
+    if config.backend == "ocr" and frames:
+        scores.update(text_scores(frames, config))
+    if config.backend == "ocr" and config.overlay:
+        scores["overlay_area"] = overlay_score(samples, config)
+    if config.backend == "vlm" and frames:
+        scores["vlm_flag"] = vlm_flag(frames, config)
+    return scores
+
+
+def privacy_reason(scores: dict[str, float], config: PrivacyConfig) -> str:
+    """Why a clip leaves the privacy-preserved subset ("" when it stays)."""
+    if scores["text_boxes"] >= config.min_text_boxes and scores["text_area"] >= config.min_text_area:
+        return "text"
+    if scores["overlay_area"] > 0:
+        return "overlay"
+    if scores["vlm_flag"] > 0:
+        return "vlm"
+    return ""

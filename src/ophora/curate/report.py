@@ -1,0 +1,66 @@
+"""A short HTML report of a curation run: counts, reasons, and a few example clips for each."""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ophora.media import temp_path
+
+
+def _table(rows: list[tuple], header: tuple) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _example(row: pd.Series, out: Path) -> str:
+    clip_id = html.escape(row["clip id"])
+    caption = (f"<b>{clip_id}</b> {row['start']:.1f}-{row['end']:.1f} s<br>"
+               f"<i>{html.escape(row['instruction'] or '(no instruction)')}</i>")
+    if row["decision"] == "keep" and (out / "clips" / f"{row['clip id']}.mp4").is_file():
+        media = f'<video src="clips/{clip_id}.mp4" width="240" controls muted loop preload="metadata"></video>'
+    elif (out / "thumbs" / f"{row['clip id']}.jpg").is_file():
+        media = f'<img src="thumbs/{clip_id}.jpg" width="240">'
+    else:
+        media = ""
+    return f"<figure>{media}<figcaption>{caption}</figcaption></figure>"
+
+
+def write_report(manifest: pd.DataFrame, skipped: list[dict], summary: dict, out: Path, per_reason: int = 3) -> Path:
+    """Write OUT/report.html atomically; returns its path."""
+    clips = summary["clips"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>ophora curate report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        "padding:3px 8px}figure{display:inline-block;width:250px;vertical-align:top;margin:4px}"
+        "figcaption{font-size:12px}</style>",
+        "<h1>Curation report</h1>",
+        _table([("source videos", summary["sources"]["found"]), ("skipped sources", summary["sources"]["skipped"]),
+                ("candidate clips", clips["candidates"]), ("kept clips", clips["kept"]),
+                ("privacy-preserved clips", clips["privacy_preserved"]),
+                ("kept seconds", clips["kept_seconds"]), ("mean kept clip (s)", clips["mean_kept_seconds"]),
+                ("wall time (s)", summary["timings"].get("total_s", ""))], ("", "count")),
+    ]
+    groups = [("kept, privacy-preserved", manifest[manifest["privacy_preserved"]])]
+    for reason in sorted(clips["privacy_flagged_by_reason"]):
+        groups.append((f"kept, privacy flag: {reason}", manifest[(manifest["decision"] == "keep")
+                                                                 & (manifest["privacy_reason"] == reason)]))
+    for reason in sorted(clips["dropped_by_reason"]):
+        groups.append((f"dropped: {reason}", manifest[(manifest["decision"] != "keep") & (manifest["reason"] == reason)]))
+    parts.append("<h2>Decisions</h2>" + _table([(name, len(group)) for name, group in groups], ("decision", "clips")))
+    for name, group in groups:
+        if len(group):
+            parts.append(f"<h3>{html.escape(name)} ({len(group)})</h3>")
+            parts.extend(_example(row, out) for _, row in group.head(per_reason).iterrows())
+    if skipped:
+        parts.append("<h2>Skipped sources</h2>" + _table([(s["source"], s["reason"], s["detail"]) for s in skipped],
+                                                         ("source", "reason", "detail")))
+    path = out / "report.html"
+    tmp = temp_path(path)
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
