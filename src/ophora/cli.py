@@ -146,6 +146,74 @@ def _demo(args: argparse.Namespace) -> None:
     print(run_demo(args.out, model=args.model))
 
 
+# ---------------------------------------------------------------------------------------------- curate
+
+
+def _curate_args(p: argparse.ArgumentParser) -> None:
+    from ophora.curate.refine import add_refine_arguments
+
+    p.add_argument("input", help="folder of narrated videos (recursive) with .srt/.vtt/.json sidecars of the same stem")
+    p.add_argument("--out", required=True, help="dataset folder: clips/, instructions.csv, privacy_preserved.csv, "
+                                                "manifest.parquet, summary.json, report.html")
+    p.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray needs the extra ophora[ray]")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start or join a local one)")
+    p.add_argument("--clip-mode", choices=["copy", "reencode"], default="copy",
+                   help="copy: no re-encoding, clips start at a keyframe; reencode: exact frames, H.264")
+    p.add_argument("--crf", type=int, default=18, help="H.264 quality for --clip-mode reencode")
+    p.add_argument("--min-seconds", type=float, default=2.0)
+    p.add_argument("--max-seconds", type=float, default=10.0)
+    p.add_argument("--target-seconds", type=float, default=5.5)
+    p.add_argument("--min-width", type=int, default=720)
+    p.add_argument("--min-height", type=int, default=480)
+    p.add_argument("--privacy", choices=["ocr", "vlm", "off"], default="ocr",
+                   help="ocr: PP-OCRv4 text detector + static-overlay check; vlm: an OpenAI-compatible VLM endpoint")
+    p.add_argument("--vlm-url", default=None, help="e.g. http://localhost:8001/v1 (key from OPHORA_LLM_API_KEY)")
+    p.add_argument("--vlm-model", default=None, help="e.g. Qwen/Qwen2.5-VL-72B-Instruct, as the server names it")
+    p.add_argument("--asr", choices=["faster-whisper"], default=None, help="transcribe videos without a sidecar")
+    p.add_argument("--asr-model", default=None, help="faster-whisper model folder or id")
+    add_refine_arguments(p)
+
+
+@command("curate", "narrated surgery videos -> clips + instructions, with a privacy-preserved subset", _curate_args)
+def _curate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ophora.curate.filters import FilterConfig
+    from ophora.curate.pipeline import CurateConfig, curate
+    from ophora.curate.privacy import PrivacyConfig
+    from ophora.curate.refine import refine_config_from_args
+
+    config = CurateConfig(
+        input=Path(args.input), out=Path(args.out), workers=args.workers, engine=args.engine,
+        ray_address=args.ray_address, clip_mode=args.clip_mode, crf=args.crf, min_s=args.min_seconds,
+        max_s=args.max_seconds, target_s=args.target_seconds, asr=args.asr, asr_model=args.asr_model,
+        filters=FilterConfig(min_width=args.min_width, min_height=args.min_height),
+        privacy=PrivacyConfig(backend=args.privacy, vlm_url=args.vlm_url, vlm_model=args.vlm_model),
+        refine=refine_config_from_args(args, default_cache_dir=Path(args.out) / "refine_cache"),
+    )
+    summary = curate(config)
+    clips = summary["clips"]
+    print(f"{clips['kept']} clips kept of {clips['candidates']} ({clips['privacy_preserved']} privacy-preserved) "
+          f"-> {Path(args.out) / 'report.html'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- make-sample-videos
+
+
+def _samples_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="folder to write the videos, their narration sidecars and ground_truth.json into")
+
+
+@command("make-sample-videos", "write synthetic narrated cataract-surgery videos with known curation ground truth",
+         _samples_args)
+def _samples(args: argparse.Namespace) -> None:
+    from ophora.curate.samples import make_sample_videos
+
+    print(make_sample_videos(args.dir))
+
+
 # ---------------------------------------------------------------------------------------------- entry point
 
 
