@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import pickle
+import random
 import re
 import threading
 import time
@@ -451,3 +452,18 @@ def test_refiners_survive_pickling_for_worker_processes(server, backend):
     copy = pickle.loads(pickle.dumps(refiner))
     assert copy.refine(["We make the incision."]) == refiner.refine(["We make the incision."])
     assert (copy.name, copy.version) == (refiner.name, refiner.version)
+
+
+def test_rules_never_fail_on_odd_text():
+    """Random mixtures of narration fragments, punctuation, markup and odd Unicode: always a well-formed answer."""
+    rng = random.Random(0)
+    pieces = ["we", "I'm", "going to", "the", "IOL", "is", "inserted", "be careful not to", "don't", "nucleus", ",",
+              ".", "?", ";", "\n", "\r\n", "and", "which could lead to", "[Music]", "<b>", "é", "\u200b", "2.2 mm",
+              "Dr.", "e.g.", "especially", "capsule", "removal", "of", "hydrodissection", "", "  ", "'", '"', "-",
+              "I/A", "subscribe", "rotating", "gently", "\ufeff", "😀", "…"]
+    for _ in range(2000):
+        narration = " ".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        out = refine_narration(narration, max_words=25)
+        assert out == "" or (out[0].isupper() or not out[0].isalpha()) and out.endswith(".")
+        assert len(out.split()) <= 25
+        assert "\n" not in out

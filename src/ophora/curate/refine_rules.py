@@ -184,7 +184,8 @@ _AND_PARTICIPLE = re.compile(r"\b(?P<conj>and|then|and then) (?P<verb>\w+ed|made
 _SUBORDINATE = re.compile(r"^(?:after|once|when|whenever|as soon as|now that|before|until)\b", re.IGNORECASE)
 # A finite verb of state: a clause with one but no action describes rather than instructs.
 _STATE = re.compile(r"\b(?:is|are|was|were|has|have|had|got|looks?|seems?|appears?)\b|'ve\b", re.IGNORECASE)
-_TRAILING = re.compile(r"(?:[\s,;:-]|\b(?:and|or|then|with|to|the|a|an|of|so|but|while|as)\b)+$", re.IGNORECASE)
+_TRAILING = re.compile(r"(?:[\s,;:\"'-]|\b(?:and|or|then|with|to|the|a|an|of|so|but|while|as|is|are|we|i|you)\b)+$",
+                       re.IGNORECASE)
 
 
 def _verb_forms(base: str) -> dict[str, str]:
@@ -265,14 +266,23 @@ def to_imperative(clause: str) -> tuple[str, bool]:
 
 def _rephrase(clause: str) -> tuple[str, bool]:
     """Turn a clause without its openers into an imperative where its grammar is recognised."""
-    if careful := _CAREFUL.match(clause):
-        inner, is_action = _rephrase(clause[careful.end():])
-        if careful.group("neg"):
-            return "avoid " + _gerund_phrase(inner), True
-        return ("carefully " + inner, True) if is_action else (clause, False)
-    if negated := _NEGATION.match(clause):
-        inner, is_action = _rephrase(clause[negated.end():])
-        return ("avoid " + _gerund_phrase(inner), True) if is_action else (clause, False)
+    original, careful, negated = clause, False, False
+    while prefix := _CAREFUL.match(clause) or _NEGATION.match(clause):
+        if prefix.re is _NEGATION or prefix.group("neg"):
+            negated = True
+        else:
+            careful = True
+        clause = clause[prefix.end():]
+    text, is_action = _rephrase_plain(clause)
+    if not is_action:
+        return original, False
+    if negated:
+        return "avoid " + _gerund_phrase(text), True
+    return ("carefully " + text if careful else text), True
+
+
+def _rephrase_plain(clause: str) -> tuple[str, bool]:
+    """A verb form, a passive or a nominal at the start of the clause -> an imperative."""
     words = clause.split(" ")
     first = words[0].lower()
     if first in VERB_BASE and not (len(words) > 1 and words[1].lower() in {"is", "are", "was", "were"}):
@@ -328,7 +338,7 @@ def shows_something(text: str, is_action: bool) -> bool:
 
 
 def _tidy(text: str) -> str:
-    text = re.sub(r"\s+([,.;:!?])", r"\1", re.sub(r"\s+", " ", text)).strip(" ,;:-")
+    text = re.sub(r"\s+([,.;:!?])", r"\1", re.sub(r"\s+", " ", text)).strip(" ,;:-\"'")
     return _TRAILING.sub("", text)
 
 
