@@ -1,4 +1,6 @@
-# GPU call 1: sampling benchmark + GPU sample tests. Run from the repo root on the device machine.
+# Sampling benchmark + GPU sample tests on a CUDA machine without diffusers/PyAV, run from the repo root.
+# .whl/ holds the diffusers, av and importlib_metadata wheels (README: GPU benchmarks); STOCK points at
+# stock_cogvideox.py when ../shared is not beside the checkout (on the lent GPU: STOCK=.gpu/stock_cogvideox.py).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
