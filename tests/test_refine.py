@@ -294,12 +294,14 @@ def test_openai_accepts_a_full_endpoint_url_and_normalises_answers(server):
     "I'm sorry, I cannot help with medical content.",
     "",
 ])
-def test_openai_retries_a_failure_then_succeeds(server, failure):
+def test_openai_retries_a_failure_then_succeeds(server, failure, caplog):
+    caplog.set_level(logging.INFO)
     server.script = {"n": [failure, "Insert the IOL."]}
     refiner = make_refiner(_llm(server))
     assert refiner.refine(["n"]) == ["Insert the IOL."]
     assert len(server.requests) == 2
     assert refiner.summary()["counts"]["retries"] == 1
+    assert "retry 1/2" in caplog.text and KEY not in caplog.text
 
 
 def test_openai_timeout_is_retried_then_reported(server):
@@ -467,3 +469,10 @@ def test_rules_never_fail_on_odd_text():
         assert out == "" or (out[0].isupper() or not out[0].isalpha()) and out.endswith(".")
         assert len(out.split()) <= 25
         assert "\n" not in out
+
+
+def test_openai_without_a_key_sends_no_authorization(server, monkeypatch):
+    monkeypatch.delenv(API_KEY_ENV)
+    with pytest.raises(LLMRequestError, match=f"HTTP 401.*check the key in {API_KEY_ENV}"):
+        make_refiner(_llm(server)).refine(["n"])
+    assert server.requests[0]["auth"] is None

@@ -217,12 +217,13 @@ class OpenAIRefiner:
         for attempt in range(self.config.retries + 1):
             if attempt:
                 self._count("retries")
-                time.sleep(self._delay(attempt - 1, last))
+                delay = self._delay(attempt - 1, last)
+                log.info("refine request failed (%s): retry %d/%d in %.1f s", last, attempt, self.config.retries, delay)
+                time.sleep(delay)
             try:
                 answer = validate_answer(self._post(narration), self.config.max_words)
             except _Retryable as failure:
                 last = failure
-                log.debug("refine attempt %d failed: %s", attempt + 1, failure)
                 continue
             if self.cache:
                 self.cache.put(narration, answer)
