@@ -381,12 +381,17 @@ def test_openai_cache_makes_a_rerun_ask_nothing(server, tmp_path):
     assert {e["narration"]: e["instruction"] for e in entries}["Hello!"] == ""
     assert all(KEY not in f.read_text() for f in files if f.is_file())
 
+    for broken, text in zip([f for f in files if f.is_file()][:2], ["[1, 2]", '{"instruction": '], strict=True):
+        broken.write_text(text)  # a damaged entry is asked again, not trusted
+    assert make_refiner(_llm(server, tmp_path)).refine(narrations) == first
+    assert len(server.requests) == 5
+
     make_refiner(_llm(server, tmp_path, model="other-model")).refine(narrations[:1])
-    assert len(server.requests) == 4  # the model is part of the key
+    assert len(server.requests) == 6  # the model is part of the key
     prompt = tmp_path / "my_prompt.txt"
     prompt.write_text("Rewrite the narration as an instruction. Answer NONE if nothing is visible.")
     make_refiner(_llm(server, tmp_path, prompt=str(prompt))).refine(narrations[:1])
-    assert len(server.requests) == 5  # so is the prompt version
+    assert len(server.requests) == 7  # so is the prompt version
 
 
 def test_openai_failed_narrations_are_not_cached(server, tmp_path):

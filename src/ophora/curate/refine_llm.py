@@ -145,6 +145,8 @@ class AnswerCache:
             entry = json.loads(self._path(narration).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+        if not isinstance(entry, dict):
+            return None
         same = (entry.get("prompt_version"), entry.get("model"), entry.get("narration")) == (
             self.prompt_version, self.model, narration)
         return entry.get("instruction") if same and isinstance(entry.get("instruction"), str) else None
