@@ -112,6 +112,8 @@ def test_nothing_visible_gives_empty(narration):
     ("Be careful not to tear the capsule.", "Avoid tearing the capsule."),
     ("Be careful when inserting the lens.", "Carefully insert the lens."),
     ("Remember, never aspirate near the capsule edge.", "Avoid aspirating near the capsule edge."),
+    ("We chop the nucleus to reduce the risk of posterior capsule rupture.", "Chop the nucleus."),
+    ("The lens is tilted, which may cause endothelial damage in patients with a low cell count.", "Tilt the lens."),
     ("Trypan blue is used to stain the capsule because the red reflex is poor.",
      "Use trypan blue to stain the capsule."),
     ("Now the cortex is aspirated with the I/A handpiece, which can lead to capsule rupture if you are not careful.",

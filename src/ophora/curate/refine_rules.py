@@ -239,11 +239,10 @@ def split_sentences(text: str) -> list[str]:
 
 
 def visible_part(clause: str) -> str:
-    """The clause without what a video cannot show: "" when it is all non-visual, else cut at a condition/reason."""
-    if _NON_VISUAL.search(clause):
-        return ""
+    """The clause cut where a condition, reason or consequence starts; "" when what is left shows nothing."""
     cut = _CUT.search(clause)
-    return clause[: cut.start()] if cut else clause
+    clause = clause[: cut.start()] if cut else clause
+    return "" if _NON_VISUAL.search(clause) else clause
 
 
 def to_imperative(clause: str) -> tuple[str, bool]:
