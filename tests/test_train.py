@@ -1,0 +1,248 @@
+"""`ophora train` on the tiny model: config loading, timestep strata, learning, exact resume, export,
+TPT -> P2FT, LoRA, NaN handling and every bad-input error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ophora.cli import main
+from ophora.data.prepare import PrepareConfig, prepare
+from ophora.errors import ConfigError, InputError, ModelError
+from ophora.media import read_video
+from ophora.train.config import TrainConfig, load_config
+from ophora.train.timesteps import sample_timesteps, stratum_bounds
+from ophora.train.trainer import train
+from test_prepare import SMALL, write_synthetic_dataset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("dataset"), bad=False)
+
+
+@pytest.fixture(scope="module")
+def cache(dataset, tiny_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    prepare(PrepareConfig(dataset=dataset, model=str(tiny_model), out=out, **SMALL))
+    return out
+
+
+def tiny_config(tiny_model, cache, out, *overrides: str, stage: str = "tpt") -> TrainConfig:
+    return load_config(CONFIGS / f"tiny-{stage}.yaml", [f"model={tiny_model}", f"cache={cache}", f"out={out}",
+                                                       "validation_prompts=[]", *overrides])
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+def test_released_configs_hold_the_papers_settings():
+    tpt, p2ft = load_config(CONFIGS / "tpt.yaml"), load_config(CONFIGS / "p2ft.yaml")
+    for cfg in (tpt, p2ft):
+        assert (cfg.lr_schedule, cfg.lr_cycles, cfg.warmup_steps) == ("cosine_with_restarts", 1, 800)
+        assert (cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.max_grad_norm) == (0.9, 0.95, 1e-3, 1.0)
+        assert (cfg.batch_size, cfg.grad_accum, cfg.mixed_precision, cfg.mode) == (8, 1, "fp16", "full")
+        assert cfg.gradient_checkpointing and cfg.timestep_sampling == "stratified"
+    assert (tpt.learning_rate, tpt.steps, p2ft.learning_rate, p2ft.steps) == (1e-4, 65000, 5e-5, 4500)
+    assert p2ft.model == "runs/tpt/final" and p2ft.subset_csv.endswith("privacy_preserved.csv")
+
+
+def test_overrides_are_typed_and_unknown_keys_named(tmp_path):
+    cfg = load_config(CONFIGS / "tiny-tpt.yaml", ["steps=12", "learning_rate=2e-4", "validation_prompts=[a, b]", "strata=4"])
+    assert (cfg.steps, cfg.learning_rate, cfg.validation_prompts, cfg.strata) == (12, 2e-4, ["a", "b"], 4)
+    with pytest.raises(ConfigError, match=r"unknown config key 'learnig_rate' in the overrides \(did you mean 'learning_rate'\?\)"):
+        load_config(CONFIGS / "tiny-tpt.yaml", ["learnig_rate=1e-4"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: m\ncache: c\nout: o\nwarmup: 3\n")
+    with pytest.raises(ConfigError, match=f"unknown config key 'warmup' in {bad}"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config key 'steps' wants int, got 'many'"):
+        load_config(CONFIGS / "tiny-tpt.yaml", ["steps=many"])
+    with pytest.raises(ConfigError, match="mode must be one of full, lora"):
+        load_config(CONFIGS / "tiny-tpt.yaml", ["mode=half"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+# ------------------------------------------------------------------------------------------- timesteps
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 7, 8, 16])
+@pytest.mark.parametrize("per_rank", [1, 2, 3])
+def test_stratified_timesteps_cover_every_sub_interval_in_every_global_batch(world, per_rank):
+    T, G = 1000, world * per_rank
+    assert [stratum_bounds(s, world, T)[0] for s in range(world)] + [T] == sorted(
+        {b for s in range(world) for b in stratum_bounds(s, world, T)})  # the strata tile [0, T)
+    for micro_step in range(20):
+        ranks = [sample_timesteps("stratified", list(range(r * per_rank, (r + 1) * per_rank)), G, world, T, 7, micro_step)
+                 for r in range(world)]
+        for r, t in enumerate(ranks):
+            low, high = r * T // world, (r + 1) * T // world
+            assert ((t >= low) & (t < high)).all(), (r, t)
+        whole = sample_timesteps("stratified", list(range(G)), G, world, T, 7, micro_step)
+        assert torch.equal(whole, torch.cat(ranks))  # one process holding the global batch draws the same
+
+
+def test_uniform_timesteps_span_the_range():
+    t = torch.cat([sample_timesteps("uniform", list(range(8)), 8, 1, 1000, 0, m) for m in range(200)])
+    assert t.min() < 20 and t.max() > 980 and len(t.unique()) > 700
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def test_overfitting_two_clips_lowers_the_loss_clearly(tiny_model, cache, dataset, tmp_path):
+    run = train(tiny_config(tiny_model, cache, tmp_path / "run", "steps=100", "warmup_steps=5", "learning_rate=3e-3",
+                            "checkpoint_every=1000", "timestep_sampling=uniform", "export=false",
+                            f"subset_csv={dataset / 'privacy_preserved.csv'}"))
+    values = losses(run)
+    assert len(values) == 100 and np.isfinite(values).all()
+    assert np.mean(values[-20:]) < 0.65 * np.mean(values[:10]), (np.mean(values[:10]), np.mean(values[-20:]))
+
+
+def test_interrupted_then_resumed_run_repeats_the_uninterrupted_losses(tiny_model, cache, tmp_path):
+    whole = train(tiny_config(tiny_model, cache, tmp_path / "whole", "steps=8", "batch_size=1", "export=false"))
+    part = tmp_path / "part"
+    train(tiny_config(tiny_model, cache, part, "steps=8", "batch_size=1", "export=false", "stop_at_step=6"))
+    assert len(losses(part)) == 6 and [p.name for p in (part / "checkpoints").iterdir()] != []
+    # the checkpoint kept is step 6 (every 4 and at the stop); steps 5-6 after step 4 would be redone from 4
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step-0000004", "step-0000006"]
+    train(tiny_config(tiny_model, cache, part, "steps=8", "batch_size=1", "export=false"))
+    np.testing.assert_allclose(losses(part), losses(whole), rtol=1e-6)
+    a = load_file(next((whole / "checkpoints" / "step-0000008").glob("*.safetensors")))
+    b = load_file(next((part / "checkpoints" / "step-0000008").glob("*.safetensors")))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+
+def test_export_loads_in_cogvideox_pipeline_and_ophora_sample(tiny_model, cache, tmp_path):
+    from diffusers import CogVideoXPipeline
+
+    run = train(tiny_config(tiny_model, cache, tmp_path / "run", "steps=3"))
+    final = run / "final"
+    pipe = CogVideoXPipeline.from_pretrained(final)
+    trained = load_file(final / "transformer" / "diffusion_pytorch_model.safetensors")
+    base = load_file(tiny_model / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert trained.keys() == base.keys() and any(not torch.equal(trained[k], base[k]) for k in base)
+    assert (final / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == \
+        (tiny_model / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    frames = pipe(prompt="Polish the posterior capsule.", num_frames=9, height=64, width=64, num_inference_steps=2,
+                  output_type="np", generator=torch.Generator().manual_seed(0)).frames[0]
+    assert frames.shape == (9, 64, 64, 3) and np.isfinite(frames).all()
+    code = main(["sample", "--model", str(final), "--prompt", "Polish the capsule.", "--out", str(tmp_path / "s"),
+                 "--frames", "9", "--height", "64", "--width", "64", "--steps", "2"])
+    video, _ = read_video(tmp_path / "s" / "prompt" / "0.mp4")
+    assert code == 0 and video.shape == (9, 64, 64, 3)
+
+
+def test_tpt_chained_into_p2ft_on_the_privacy_subset(tiny_model, cache, dataset, tmp_path):
+    tpt = train(tiny_config(tiny_model, cache, tmp_path / "tpt", "steps=3"))
+    p2ft = train(tiny_config(tpt / "final", cache, tmp_path / "p2ft", "steps=3",
+                             f"subset_csv={dataset / 'privacy_preserved.csv'}", stage="p2ft"))
+    record = json.loads((p2ft / "run.json").read_text())
+    assert record["clips"] == 2 and record["config"]["model"] == str(tpt / "final")
+    a = load_file(tpt / "final" / "transformer" / "diffusion_pytorch_model.safetensors")
+    b = load_file(p2ft / "final" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((p2ft / "final" / "ophora_train.json").read_text())["base_model"] == str(tpt / "final")
+
+
+def test_lora_trains_only_the_adapters_and_exports_merged_weights(tiny_model, cache, tmp_path):
+    run = train(tiny_config(tiny_model, cache, tmp_path / "run", "steps=4", "mode=lora", "lora_rank=4",
+                            "learning_rate=1e-2", "warmup_steps=0"))
+    trained = load_file(run / "final" / "transformer" / "diffusion_pytorch_model.safetensors")
+    base = load_file(tiny_model / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert trained.keys() == base.keys()
+    changed = {k for k in base if not torch.equal(trained[k], base[k])}
+    assert changed and all(k.endswith(".weight") and any(t in k for t in ("to_q", "to_k", "to_v", "to_out.0")) for k in changed)
+
+
+def test_non_finite_loss_is_skipped_not_trained_on(tiny_model, cache, tmp_path):
+    poisoned = tmp_path / "cache"
+    shutil.copytree(cache, poisoned)
+    clip = poisoned / "clips" / "case1_1.safetensors"
+    tensors = load_file(clip)
+    tensors["latent_mean"][0, 0, 0, 0] = float("nan")
+    from safetensors import safe_open
+
+    with safe_open(str(clip), "pt") as f:
+        metadata = f.metadata()
+    save_file(tensors, str(clip), metadata=metadata)
+    run = train(tiny_config(tiny_model, poisoned, tmp_path / "run", "steps=6", "batch_size=1", "export=false"))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["skipped"] for r in records) == 2  # one of the three clips, twice in six steps
+    weights = load_file(next((run / "checkpoints" / "step-0000006").glob("*.safetensors")))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def test_missing_and_mismatched_caches_are_refused(tiny_model, cache, tmp_path):
+    with pytest.raises(InputError, match="latent cache not found"):
+        train(tiny_config(tiny_model, tmp_path / "nothing", tmp_path / "run"))
+    from ophora.models import make_tiny_model
+
+    other = make_tiny_model(tmp_path / "other", seed=1)
+    with pytest.raises(InputError, match="was made with another VAE/text encoder"):
+        train(tiny_config(other, cache, tmp_path / "run"))
+    with pytest.raises(InputError, match="holds none of the clips"):
+        (tmp_path / "subset.csv").write_text("clip id,instruction\nunknown_0,x\n")
+        train(tiny_config(tiny_model, cache, tmp_path / "run", f"subset_csv={tmp_path / 'subset.csv'}"))
+
+
+def test_model_folder_missing_parts_is_refused(tiny_model, cache, tmp_path):
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model, broken)
+    (broken / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ModelError, match="missing transformer weights"):
+        train(tiny_config(broken, cache, tmp_path / "run"))
+
+
+def test_output_folder_of_another_run_is_refused(tiny_model, cache, tmp_path, capsys):
+    train(tiny_config(tiny_model, cache, tmp_path / "run", "steps=2", "export=false"))
+    with pytest.raises(ConfigError, match=r"holds another run \(learning_rate differ\)"):
+        train(tiny_config(tiny_model, cache, tmp_path / "run", "steps=2", "learning_rate=0.1"))
+    capsys.readouterr()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    code = main(["train", str(CONFIGS / "tiny-tpt.yaml"), f"model={tiny_model}", f"cache={cache}", f"out={tmp_path / 'busy'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "is not empty and holds no ophora training run" in err
+
+
+def test_eight_bit_adam_without_bitsandbytes_says_how_to_get_it(tiny_model, cache, tmp_path):
+    try:
+        import bitsandbytes  # noqa: F401
+        pytest.skip("bitsandbytes is installed")
+    except ImportError:
+        pass
+    with pytest.raises(ConfigError, match=r"pip install 'ophora\[bnb\]'"):
+        train(tiny_config(tiny_model, cache, tmp_path / "run", "optimizer=adamw8bit"))
+
+
+def test_validation_videos_and_tensorboard_logs(tiny_model, cache, tmp_path):
+    config = tiny_config(tiny_model, cache, tmp_path / "run", "steps=2", "export=false", "validate_every=1",
+                         "validation_prompts=[Polish the posterior capsule.]")
+    run = train(config)
+    for step in (1, 2):
+        video, fps = read_video(run / "validation" / f"step-000000{step}" / "0.mp4")
+        assert video.shape == (9, 64, 64, 3) and fps == pytest.approx(8)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((run / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert {"loss", "lr", "grad_norm", "samples_per_s"} <= set(events.Tags()["scalars"])
+    assert "validation/0" in events.Tags()["images"]
