@@ -189,22 +189,42 @@ def test_lora_changes_output_and_scale_zero_is_the_base_model(tiny_model, tmp_pa
     assert np.array_equal(frames["base"], frames["zero"])
 
 
+def torchrun(port: int, *argv: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+           "-m", "ophora", *argv]
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def test_torchrun_two_ranks_make_the_same_videos_as_one(tiny_model, prompts, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["--model", str(tiny_model), "--prompts", str(prompts), "--videos-per-prompt", "2",
             "--frames", "9", "--height", "48", "--width", "80", "--steps", "2"]
     assert run_cli("sample", "--out", str(one), *args) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-           "-m", "ophora", "sample", "--out", str(two), *args]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun(29517, "sample", "--out", str(two), *args)
     assert "rank 1: made 3" in result.stderr and "rank 0: made 3" in result.stderr
     rows = {name: list(csv.DictReader((d / "manifest.csv").open())) for name, d in (("one", one), ("two", two))}
     key = lambda r: (r["clip id"], r["n"], r["seed"], r["prompt"])  # noqa: E731
     assert sorted(map(key, rows["one"])) == sorted(map(key, rows["two"]))
     for r in rows["one"]:
         assert np.array_equal(read_video(one / r["path"])[0], read_video(two / r["path"])[0])
+
+
+def test_cfg_parallel_pair_matches_one_process(tiny_model, prompts, tmp_path):
+    """Two ranks each run one CFG half; the videos equal a one-process run's up to float rounding of
+    batch-1 versus batch-2 matrix products (at most 2 of 255 levels here)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--model", str(tiny_model), "--prompts", str(prompts), "--frames", "9", "--height", "48",
+            "--width", "80", "--steps", "3"]
+    assert run_cli("sample", "--out", str(one), *args) == 0
+    result = torchrun(29518, "sample", "--out", str(two), "--cfg-parallel", *args)
+    assert "rank 0: made 3" in result.stderr and "rank 1: made 3" in result.stderr  # both ranks work on every video
+    assert len(list(csv.DictReader((two / "manifest.csv").open()))) == 3
+    for clip_id in ("incision_1", "capsulorhexis_1", "phaco_1"):
+        a, b = decoded(one, clip_id), decoded(two, clip_id)
+        assert a.shape == b.shape == (9, 48, 80, 3)
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -250,6 +270,7 @@ def test_bad_settings(tiny_model, tmp_path, capsys):
     assert "--height must be a positive multiple of 16, got 50" in expect_error(capsys, *base, "--height", "50")
     assert "--width must be a positive multiple of 16, got 721" in expect_error(capsys, *base, "--width", "721")
     assert "LoRA weights not found" in expect_error(capsys, *base, "--lora", str(tmp_path / "none"))
+    assert "needs --guidance > 1" in expect_error(capsys, *base, "--cfg-parallel", "--guidance", "1")
     assert "--prompt is empty" in expect_error(capsys, "sample", "--model", str(tiny_model), "--out", "o", "--prompt", " ")
 
 

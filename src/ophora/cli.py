@@ -73,6 +73,8 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
                    help="auto: decode untiled when it fits in free GPU memory")
     p.add_argument("--qp", type=int, default=18, help="H.264 constant quantizer (lower is better quality)")
     p.add_argument("--overwrite", action="store_true", help="redo videos that already exist")
+    p.add_argument("--cfg-parallel", action="store_true",
+                   help="with torchrun: each pair of ranks shares one video, one CFG half each (about 2x per video)")
 
 
 @command("sample", "generate videos from prompts (multi-GPU with torchrun), resumable", _sample_args)

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ophora import __version__
+from ophora.cfg_parallel import pair_groups, split_cfg_batch
 from ophora.errors import InputError, OphoraError
 from ophora.gallery import write_gallery
 from ophora.media import write_video
@@ -59,6 +60,7 @@ class SampleConfig:
     lora_scale: float = 1.0
     vae_tiling: str = "auto"
     fuse_qkv: bool | None = None
+    cfg_parallel: bool = False
     qp: int = 18
     overwrite: bool = False
     step_progress: bool | None = None
@@ -111,6 +113,8 @@ def check_settings(config: SampleConfig) -> None:
     for name in ("steps", "videos_per_prompt", "fps"):
         if getattr(config, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.cfg_parallel and config.guidance <= 1.0:
+        raise InputError("--cfg-parallel splits classifier-free guidance over two ranks and needs --guidance > 1")
     if config.vae_tiling not in ("auto", "on", "off"):
         raise InputError(f"--vae-tiling must be auto, on or off, got {config.vae_tiling!r}")
     if config.lora is not None and not Path(config.lora).exists():
@@ -255,13 +259,23 @@ class Ranks:
     local_rank: int
 
 
-def init_ranks() -> Ranks:
-    """Read torchrun's environment; with several ranks, join a gloo group used only for barriers."""
+def init_ranks(cfg_parallel: bool = False) -> Ranks:
+    """Read torchrun's environment and join the process group.
+
+    Plain sharding needs the group only for barriers (gloo). CFG parallelism exchanges GPU tensors every
+    step, so on GPUs it adds NCCL for CUDA tensors.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cfg_parallel and world % 2:
+        raise InputError(f"--cfg-parallel pairs ranks and needs an even number of them, got {world}")
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
+        backend = "gloo"
+        if cfg_parallel and torch.cuda.is_available():
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+            backend = "cpu:gloo,cuda:nccl"
+        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=48))
     return Ranks(rank, world, local_rank)
 
 
@@ -315,8 +329,8 @@ def _untiled_decode_fits(config: SampleConfig, device: str) -> bool:
     return free > 1.3 * need
 
 
-def generate(pipe, config: SampleConfig, job: Job, device: str) -> np.ndarray:
-    """One video as uint8 frames (F, H, W, 3)."""
+def generate(pipe, config: SampleConfig, job: Job, device: str, decode: bool = True) -> np.ndarray | None:
+    """One video as uint8 frames (F, H, W, 3); with `decode=False` only the denoising runs."""
     generator = torch.Generator(device=device).manual_seed(job.seed)
     frames = pipe(
         prompt=job.prompt,
@@ -328,9 +342,9 @@ def generate(pipe, config: SampleConfig, job: Job, device: str) -> np.ndarray:
         guidance_scale=config.guidance,
         use_dynamic_cfg=config.dynamic_cfg,
         generator=generator,
-        output_type="np",
+        output_type="np" if decode else "latent",
     ).frames[0]
-    return to_uint8(frames)
+    return to_uint8(frames) if decode else None
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -360,34 +374,49 @@ def sample(config: SampleConfig) -> SampleSummary:
     check_settings(config)
     prompts = read_prompts(config)
     config.out = Path(config.out)
-    ranks = init_ranks()
-    jobs = shard(plan_jobs(prompts, config.videos_per_prompt, config.seed), ranks.rank, ranks.world)
+    ranks = init_ranks(config.cfg_parallel)
+    all_jobs = plan_jobs(prompts, config.videos_per_prompt, config.seed)
+    if config.cfg_parallel:  # rank pairs share each video; the pair's first rank decodes and writes it
+        groups = pair_groups(ranks.world) if ranks.world > 1 else []
+        pair, half = divmod(ranks.rank, 2)
+        jobs, writes = shard(all_jobs, pair, max(ranks.world // 2, 1)), half == 0
+    else:
+        jobs, writes = shard(all_jobs, ranks.rank, ranks.world), True
     todo = jobs if config.overwrite else [j for j in jobs if not is_done(config.out, j, config)]
     summary = SampleSummary(skipped=len(jobs) - len(todo))
     if ranks.rank == 0:
         config.out.mkdir(parents=True, exist_ok=True)
         _write_json(config.out / "sample_config.json", {**asdict(config), "ophora": __version__,
                                                         "torch": torch.__version__, "world_size": ranks.world})
+    barrier(ranks)  # every rank has decided what to do before any video is written
     if todo:
         device = pick_device(config, ranks)
         pipe = prepare_pipeline(config, device)
+        if config.cfg_parallel and ranks.world > 1:
+            split_cfg_batch(pipe.transformer, groups[pair], half)
         bar = tqdm(todo, desc=f"videos (rank {ranks.rank})" if ranks.world > 1 else "videos", unit="video",
                    disable=None if ranks.rank == 0 else True)
         for job in bar:
             bar.set_postfix_str(f"{job.clip_id}/{job.n}")
             try:
-                record = run_job(pipe, config, job, device)
+                if writes:
+                    seconds = run_job(pipe, config, job, device)["seconds"]
+                else:
+                    start = time.perf_counter()
+                    generate(pipe, config, job, device, decode=False)
+                    seconds = time.perf_counter() - start
             except (OphoraError, RuntimeError, ValueError, OSError) as exc:
-                summary.failed += 1
                 reason = f"{type(exc).__name__}: {exc}"
+                summary.failed += 1
                 summary.failures.append((job.clip_id, job.n, reason))
-                _write_json(error_path(config.out, job), {"clip id": job.clip_id, "n": job.n, "error": reason})
+                if writes:
+                    _write_json(error_path(config.out, job), {"clip id": job.clip_id, "n": job.n, "error": reason})
                 log.error("video %s/%d failed: %s", job.clip_id, job.n, reason)
                 if device.startswith("cuda"):
                     torch.cuda.empty_cache()
                 continue
             summary.made += 1
-            summary.seconds += record["seconds"]
+            summary.seconds += seconds
     barrier(ranks)
     if ranks.rank == 0:
         records = collect_records(config.out)
