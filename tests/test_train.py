@@ -246,3 +246,11 @@ def test_validation_videos_and_tensorboard_logs(tiny_model, cache, tmp_path):
     events.Reload()
     assert {"loss", "lr", "grad_norm", "samples_per_s"} <= set(events.Tags()["scalars"])
     assert "validation/0" in events.Tags()["images"]
+
+
+def test_selective_checkpointing_changes_memory_not_results(tiny_model, cache, tmp_path):
+    runs = [train(tiny_config(tiny_model, cache, tmp_path / name, "steps=3", "export=false", *extra))
+            for name, extra in (("all", ["gradient_checkpointing=true"]), ("one", ["checkpoint_blocks=1", "gradient_checkpointing=true"]),
+                                ("none", ["gradient_checkpointing=false"]))]
+    np.testing.assert_allclose(losses(runs[1]), losses(runs[0]), rtol=1e-6)
+    np.testing.assert_allclose(losses(runs[2]), losses(runs[0]), rtol=1e-6)

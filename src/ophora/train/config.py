@@ -51,6 +51,8 @@ class TrainConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     mixed_precision: str = "fp16"      # fp16 | bf16 | no  (the weights stay fp32: master copy)
     gradient_checkpointing: bool = True
+    checkpoint_blocks: int | None = None  # checkpoint only the first N blocks (faster, more memory); None: all
+    compile_blocks: bool = False       # torch.compile each transformer block
     allow_tf32: bool = True
     seed: int = 42
     # bookkeeping
@@ -90,6 +92,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.max_grad_norm <= 0:
             raise ConfigError("learning_rate and max_grad_norm must be positive")
+        if self.checkpoint_blocks is not None and self.checkpoint_blocks < 0:
+            raise ConfigError(f"checkpoint_blocks must be 0 or more, got {self.checkpoint_blocks}")
         if self.strata is not None and self.strata < 1:
             raise ConfigError(f"strata must be at least 1, got {self.strata}")
         if (self.validation_frames - 1) % 8:

@@ -24,6 +24,7 @@ from ophora.data.cache import encoder_fingerprint, read_cache_info, read_index
 from ophora.data.dataset import read_csv_pairs
 from ophora.errors import ConfigError, InputError
 from ophora.models import resolve_model
+from ophora.train.blocks import configure_blocks
 from ophora.train.checkpoint import TrainState, claim_run, resume, save_checkpoint, truncate_metrics, write_run_record
 from ophora.train.config import TrainConfig
 from ophora.train.export import export_pipeline, merged_lora_state_dict
@@ -92,8 +93,7 @@ def load_transformer(model_dir: Path, config: TrainConfig):
         transformer.requires_grad_(False)
         transformer.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights=True,
                                            target_modules=config.lora_targets))
-    if config.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+    configure_blocks(transformer, config.gradient_checkpointing, config.checkpoint_blocks, config.compile_blocks)
     return transformer.train()
 
 

@@ -1,0 +1,205 @@
+"""Full fine-tuning step of the ophora trainer at the published CogVideoX-2b size (random weights), 49x480x720.
+
+Measures, in one process: the stock step (as ../shared/bench/stock_cogvideox.py --parts train: fp32 weights,
+bf16 autocast, every block checkpointed, fused AdamW, batch 1) and the trainer's own step (accelerate bf16
+with fp32 master weights, CogVideoX's weighted v-prediction loss, grad clipping, fused AdamW) under its speed
+switches: per-block torch.compile and selective checkpointing (`checkpoint_blocks`: recompute only the first
+N of 30 blocks). It picks the fastest setting whose peak memory is at most the stock step's, then finds the
+largest batch that fits the GPU. Speed does not depend on weight values, so random weights give real timings.
+
+    python benchmarks/train_step.py [--tiny] [--stock-json $OUT/stock.json] [--no-compile]   # JSON to $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ophora.train.blocks import configure_blocks  # noqa: E402
+from ophora.train.config import TrainConfig  # noqa: E402
+from ophora.train.trainer import diffusion_loss, make_optimizer  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+def shapes(tiny: bool) -> tuple[dict, int, int, int, int, int]:
+    """Transformer config and (height, width, frames, text tokens, text width)."""
+    if tiny:
+        cfg = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, text_embed_dim=32, time_embed_dim=32,
+                   sample_width=8, sample_height=8, sample_frames=9, max_text_seq_length=8)
+        return cfg, 64, 64, 9, 8, 32
+    return {}, 480, 720, 49, 226, 4096
+
+
+def forward_flops(model, h: int, w: int, f: int, text: int) -> float:
+    """FLOPs of one forward pass at batch 1, counted as ../shared/bench/stock_cogvideox.py counts them."""
+    cfg = model.config
+    tokens = ((f - 1) // 4 + 1) * (h // 16) * (w // 16) + text
+    hidden = cfg.num_attention_heads * cfg.attention_head_dim
+    return 2 * sum(p.numel() for p in model.parameters()) * tokens + 4 * tokens**2 * hidden * cfg.num_layers
+
+
+def build(cfg: dict):
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(0)
+    with torch.device(DEVICE):
+        return CogVideoXTransformer3DModel(**cfg).train()
+
+
+def timed(step, warm: int, n: int) -> tuple[float, float | None]:
+    """Seconds per call and peak GiB (None on the CPU); warm-up calls include compilation."""
+    for _ in range(warm):
+        step()
+    if CUDA:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(n):
+        step()
+    if CUDA:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n, torch.cuda.max_memory_allocated() / 2**30 if CUDA else None
+
+
+def stock_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, warm: int, n: int) -> dict:
+    """The reference step of stock_cogvideox.py --parts train, measured here."""
+    model = build(cfg)
+    model.enable_gradient_checkpointing()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=CUDA)
+    x = torch.randn(1, (f - 1) // 4 + 1, 16, h // 8, w // 8, device=DEVICE)
+    e = torch.randn(1, text, dim, device=DEVICE)
+    t = torch.tensor([500], device=DEVICE)
+
+    def step():
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=CUDA):
+            y = model(hidden_states=x, encoder_hidden_states=e, timestep=t, return_dict=False)[0]
+        (y.float() - x).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    seconds, peak = timed(step, warm, n)
+    flops = forward_flops(model, h, w, f, text)
+    release(model, opt)
+    return {"name": "stock", "batch": 1, "step_s": seconds, "samples_per_s": 1 / seconds, "peak_gib": peak,
+            "model_tflops": 3 * flops / seconds / 1e12}
+
+
+def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int, checkpoint_blocks: int | None,
+              compile_blocks: bool, warm: int, n: int) -> dict:
+    """The trainer's step (accelerate, diffusion_loss, clipping, fused AdamW) with the given switches."""
+    from accelerate import Accelerator
+    from diffusers import CogVideoXDDIMScheduler
+
+    from ophora.models import SCHEDULER_CONFIG
+
+    name = f"ours ckpt={'all' if checkpoint_blocks is None else checkpoint_blocks} compile={int(compile_blocks)} batch={batch}"
+    config = TrainConfig(model="-", cache="-", out="-", mixed_precision="bf16" if CUDA else "no", batch_size=batch,
+                         checkpoint_blocks=checkpoint_blocks, compile_blocks=compile_blocks, sample_latents=True)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not CUDA)
+    model = build(cfg)
+    configure_blocks(model, True, checkpoint_blocks, compile_blocks)
+    params = list(model.parameters())
+    opt = make_optimizer(params, config)
+    model, opt = accelerator.prepare(model, opt)
+    scheduler = CogVideoXDDIMScheduler(**SCHEDULER_CONFIG)
+    lat = (16, (f - 1) // 4 + 1, h // 8, w // 8)
+    batch_data = {"latent_mean": torch.randn(batch, *lat), "latent_logvar": torch.full((batch, *lat), -8.0),
+                  "prompt_embeds": torch.randn(batch, text, dim), "positions": torch.arange(batch)}
+    counter = iter(range(10**9))
+
+    def step():
+        data = {**batch_data, "micro_step": torch.tensor(next(counter))}
+        loss = diffusion_loss(model, scheduler, data, config, 1.15258426, batch, 1)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    try:
+        seconds, peak = timed(step, warm + (2 if compile_blocks else 0), n)
+        flops = forward_flops(accelerator.unwrap_model(model), h, w, f, text)
+        result = {"name": name, "batch": batch, "checkpoint_blocks": checkpoint_blocks, "compile": compile_blocks,
+                  "step_s": seconds, "samples_per_s": batch / seconds, "peak_gib": peak,
+                  "model_tflops": 3 * flops * batch / seconds / 1e12}
+    except torch.OutOfMemoryError:
+        result = {"name": name, "batch": batch, "checkpoint_blocks": checkpoint_blocks, "compile": compile_blocks, "oom": True}
+    release(model, opt)
+    accelerator.free_memory()
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def release(*objects) -> None:
+    for o in objects:
+        del o
+    gc.collect()
+    if CUDA:
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="toy size, runs on the CPU")
+    p.add_argument("--out", default=os.environ.get("OUT", "."))
+    p.add_argument("--stock-json", help="stock.json of stock_cogvideox.py --parts train from the same run (reported beside)")
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--checkpoint-blocks", default="30,24,20,16,12,8", help="selective checkpointing settings to try")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--warm", type=int, default=2)
+    p.add_argument("--n", type=int, default=4)
+    a = p.parse_args()
+    cfg, h, w, f, text, dim = shapes(a.tiny)
+    layers = cfg.get("num_layers", 30)
+    compile_blocks = not a.no_compile
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+    stock = stock_step(cfg, h, w, f, text, dim, a.warm, a.n)
+    print(json.dumps(stock), flush=True)
+    variants = [ours_step(cfg, h, w, f, text, dim, 1, None, False, a.warm, a.n)]
+    budget = stock["peak_gib"]
+    for k in sorted({min(int(x), layers) for x in a.checkpoint_blocks.split(",")}, reverse=True):
+        result = ours_step(cfg, h, w, f, text, dim, 1, k, compile_blocks, a.warm, a.n)
+        variants.append(result)
+        if result.get("oom") or (budget is not None and result["peak_gib"] > budget):
+            break  # fewer checkpointed blocks only need more memory
+    fits = [v for v in variants if not v.get("oom") and (budget is None or v["peak_gib"] <= budget)]
+    best = max(fits, key=lambda v: v["samples_per_s"])
+
+    largest = None
+    for batch in range(2, a.max_batch + 1):  # the largest batch that fits the whole GPU, best setting
+        result = ours_step(cfg, h, w, f, text, dim, batch, best["checkpoint_blocks"], best["compile"], a.warm, a.n)
+        variants.append(result)
+        if result.get("oom"):
+            break
+        largest = result
+    res = {
+        "device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__,
+        "size": "tiny" if a.tiny else "CogVideoX-2b 49x480x720", "stock_s": stock["step_s"], "ours_s": best["step_s"],
+        "speedup_vs_stock": best["samples_per_s"] / stock["samples_per_s"], "peak_gib": best["peak_gib"],
+        "stock_peak_gib": stock["peak_gib"], "samples_per_s": best["samples_per_s"], "model_tflops": best["model_tflops"],
+        "best": best["name"], "largest_batch": largest and {"batch": largest["batch"], "samples_per_s": largest["samples_per_s"],
+                                                            "peak_gib": largest["peak_gib"]},
+        "variants": [stock, *variants], "command": " ".join(sys.argv),
+    }
+    if a.stock_json and Path(a.stock_json).is_file():
+        ref = json.loads(Path(a.stock_json).read_text())
+        res["stock_script"] = {k: ref.get(k) for k in ("train_step_b1_gc_s", "train_peak_gib", "train_mfu_tflops_3x")}
+        res["speedup_vs_stock_script"] = ref["train_step_b1_gc_s"] / best["step_s"]
+    print(json.dumps(res, indent=1))
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / ("train_step_tiny.json" if a.tiny else "train_step.json")).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
