@@ -1,0 +1,138 @@
+"""Privacy filter: PP-OCRv4 text detection and the static-overlay check on real Cataract-1K footage; VLM backend."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from ophora.curate.pipeline import CurateConfig, curate
+from ophora.curate.privacy import PrivacyConfig, overlay_score, privacy_reason, privacy_scores, vlm_flag
+from ophora.errors import ModelError
+from ophora.media import VideoWriter, read_video
+
+
+def _upscaled(src, dst, draw=None) -> float:
+    """Write the clip at 2x (1024x768, passes 720x480), optionally drawing on every frame; returns seconds."""
+    frames, fps = read_video(src)
+    with VideoWriter(dst, fps, 1024, 768, crf=16, preset="veryfast", keyint=6) as writer:
+        for frame in frames:
+            big = cv2.resize(frame, (1024, 768), interpolation=cv2.INTER_CUBIC)
+            if draw:
+                draw(big)
+            writer.write(big)
+    return len(frames) / fps
+
+
+def _text(frame: np.ndarray) -> None:
+    cv2.putText(frame, "Dr. J. Example  14.03.2024", (40, 720), cv2.FONT_HERSHEY_SIMPLEX, 1.1, (255, 255, 255), 2, cv2.LINE_AA)
+
+
+def _logo(frame: np.ndarray) -> None:
+    cv2.circle(frame, (950, 70), 34, (255, 255, 255), 3, cv2.LINE_AA)
+    cv2.rectangle(frame, (932, 52), (968, 88), (255, 255, 255), 2, cv2.LINE_AA)
+
+
+@pytest.fixture(scope="module")
+def real_curated(real_data, tmp_path_factory):
+    clip = real_data / "cataract1k_clips" / "cataract1k_iol_frames09835-10095_step5_512x384_6fps.mp4"
+    src = tmp_path_factory.mktemp("real")
+    for name, draw in (("clean", None), ("text", _text), ("logo", _logo)):
+        seconds = _upscaled(clip, src / f"{name}.mp4", draw)
+        (src / f"{name}.srt").write_text(f"1\n00:00:00,000 --> 00:00:0{int(seconds)},000\n"
+                                         "The intraocular lens is positioned in the capsular bag with a hook.\n")
+    out = tmp_path_factory.mktemp("real-out")
+    curate(CurateConfig(input=src, out=out, workers=1))
+    return pd.read_parquet(out / "manifest.parquet").set_index("source")
+
+
+def test_clean_real_clip_passes_the_privacy_filter(real_curated):
+    row = real_curated.loc["clean.mp4"]
+    assert row["decision"] == "keep", row["reason"]
+    assert row["privacy_reason"] == "" and row["text_boxes"] == 0 and row["overlay_area"] == 0
+
+
+def test_real_clip_with_burned_in_text_is_flagged(real_curated):
+    row = real_curated.loc["text.mp4"]
+    assert row["decision"] == "keep" and row["privacy_reason"] == "text" and row["text_area"] > 0.005
+
+
+def test_real_clip_with_a_logo_is_flagged(real_curated):
+    row = real_curated.loc["logo.mp4"]
+    assert row["decision"] == "keep" and row["privacy_reason"] == "overlay" and row["overlay_area"] > 0
+
+
+def test_overlay_check_needs_a_moving_view():
+    rng = np.random.default_rng(0)
+    still = np.repeat(rng.integers(0, 255, (1, 90, 160), dtype=np.uint8), 10, axis=0)
+    assert overlay_score(still, PrivacyConfig()) == 0.0  # a frozen clip is all "static": not an overlay
+    moving = np.stack([np.roll(cv2.GaussianBlur(rng.integers(0, 255, (90, 160), dtype=np.uint8), (0, 0), 2) * 3, i * 2, 1)
+                       for i in range(12)])
+    assert overlay_score(moving, PrivacyConfig()) == 0.0
+    marked = moving.copy()
+    for frame in marked:  # a small ring-and-cross logo that stays put
+        cv2.circle(frame, (140, 16), 9, 255, 2)
+        cv2.line(frame, (134, 16), (146, 16), 255, 2)
+        cv2.line(frame, (140, 10), (140, 22), 255, 2)
+    assert overlay_score(marked, PrivacyConfig()) > 0
+
+
+class _Chat(BaseHTTPRequestHandler):
+    answers: list = []
+    seen: list = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Chat.seen.append((body, self.headers.get("Authorization")))
+        kind = _Chat.answers.pop(0) if _Chat.answers else "no"
+        if kind == "sleep":
+            time.sleep(1.0)
+            kind = "no"
+        if kind == "500":
+            self.send_response(500)
+            self.end_headers()
+            return
+        payload = b"not json" if kind == "garbage" else json.dumps(
+            {"choices": [{"message": {"role": "assistant", "content": kind}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def chat_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Chat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Chat.answers, _Chat.seen = [], []
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_vlm_backend_answers_errors_timeouts_and_garbage(chat_server, monkeypatch):
+    monkeypatch.setenv("OPHORA_LLM_API_KEY", "sk-test")
+    config = PrivacyConfig(backend="vlm", vlm_url=chat_server, vlm_model="qwen-vl", vlm_timeout=0.5, vlm_retries=3)
+    frames = [np.zeros((48, 64, 3), np.uint8)] * 2
+    _Chat.answers = ["Yes."]
+    assert vlm_flag(frames, config) == 1.0
+    body, auth = _Chat.seen[-1]
+    assert body["model"] == "qwen-vl" and auth == "Bearer sk-test"
+    assert [c["type"] for c in body["messages"][0]["content"]] == ["text", "image_url", "image_url"]
+    _Chat.answers = ["500", "garbage", "maybe", "no"]
+    with pytest.raises(ModelError, match="failed after 3 tries"):
+        vlm_flag(frames, config)
+    _Chat.answers = ["sleep", "No"]
+    assert vlm_flag(frames, config) == 0.0
+    scores = privacy_scores(frames, np.zeros((0, 1, 1), np.uint8), config)
+    assert privacy_reason(scores, config) == ""
+    with pytest.raises(Exception, match="vlm-url"):
+        PrivacyConfig(backend="vlm").check()
