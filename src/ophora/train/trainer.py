@@ -225,8 +225,10 @@ def train(config: TrainConfig) -> Path:
             state.micro_step += 1
         grad_norm = torch.tensor(float("nan"))
         if finite:
-            grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            finite = bool(torch.isfinite(grad_norm)) or config.mixed_precision == "fp16"  # fp16: the scaler skips it
+            norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)  # None under DeepSpeed, which clips itself
+            grad_norm = grad_norm if norm is None else norm.detach().float()
+            # fp16: the loss scaler skips an overflowing step itself
+            finite = norm is None or bool(torch.isfinite(grad_norm)) or config.mixed_precision == "fp16"
         if finite:
             optimizer.step()
         else:
