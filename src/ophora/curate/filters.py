@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from scenedetect.common import FrameTimecode
 from scenedetect.detectors import ContentDetector, ThresholdDetector
 
 from ophora.curate.segment import Span
+from ophora.errors import MediaError
 from ophora.media import iter_frames
 
 SCENE_SIZE = (128, 72)
@@ -111,7 +111,7 @@ def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: i
             scan.ocr_frames.append(_rotate(bgr, rotation))
             next_ocr = t + config.ocr_interval
     if scan is None:
-        raise ValueError("no decodable frames")
+        raise MediaError(f"{path} holds no decodable frames")
     scan.frames, scan.last_time = len(times), times[-1]
     scan.cuts = sorted(set(scan.cuts))
     return scan

@@ -42,6 +42,8 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 CSV_COLUMNS = ["clip id", "instruction"]
 SCORE_COLUMNS = ["cuts_inside", "motion", "frozen_fraction", "black_fraction", "blank_fraction",
                  "text_area", "text_boxes", "overlay_area", "vlm_flag"]
+MANIFEST_COLUMNS = ["clip id", "source", "start", "end", "duration", "width", "height", "fps", "narration",
+                    "instruction", "decision", "reason", "privacy_reason", "trimmed", *SCORE_COLUMNS]
 
 
 @dataclass
@@ -189,7 +191,7 @@ def _thumbnail(scan, start: float, end: float, path: Path) -> None:
         return
     image = frames[0]
     size = (240, max(2, round(240 * image.shape[0] / image.shape[1])))
-    ok, data = cv2.imencode(".jpg", cv2.resize(image, size, interpolation=cv2.INTER_AREA), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    _, data = cv2.imencode(".jpg", cv2.resize(image, size, interpolation=cv2.INTER_AREA), [cv2.IMWRITE_JPEG_QUALITY, 80])
     tmp = temp_path(path)
     tmp.write_bytes(data.tobytes())
     os.replace(tmp, path)
@@ -251,7 +253,7 @@ def process_source(job: SourceJob, config: CurateConfig) -> dict:
             scan.fps = info.fps
             record["rows"] = [judge_clip(job, i, scan, rotation, config) for i in range(len(job.spans))]
         record["rotation"] = rotation
-    except (MediaError, ValueError) as exc:
+    except MediaError as exc:
         record.update(skipped="undecodable", detail=str(exc), rows=[])
     record["seconds"] = time.perf_counter() - started
     record_path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,7 +332,7 @@ def write_outputs(rows: list[dict], skipped: list[dict], summary: dict, out: Pat
     kept = [r for r in rows if r["decision"] == "keep"]
     _write_atomic(out / "instructions.csv", _csv_text(kept))
     _write_atomic(out / "privacy_preserved.csv", _csv_text([r for r in kept if not r["privacy_reason"]]))
-    manifest = pd.DataFrame(rows, columns=list(_row(SourceJob("", "", "", []), 0, (0.0, 0.0, "", "")).keys()))
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest["privacy_preserved"] = (manifest["decision"] == "keep") & (manifest["privacy_reason"] == "")
     tmp = temp_path(out / "manifest.parquet")
     manifest.to_parquet(tmp, index=False)
@@ -404,7 +406,10 @@ def curate(config: CurateConfig) -> dict:
     records, todo = {}, []
     for job in jobs:
         record = _load_record(job, config.out)
-        (todo.append(job) if record is None else records.__setitem__(job.source, record))
+        if record is None:
+            todo.append(job)
+        else:
+            records[job.source] = record
     log.info("%d sources to process, %d already done", len(todo), len(records))
     engine = run_ray(todo, config) if config.engine == "ray" else run_local(todo, config, workers)
     for record in tqdm(engine, total=len(todo), desc="curate", unit="video"):

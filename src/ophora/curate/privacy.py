@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ophora.curate.refine_llm import chat_completions_url, public_url
 from ophora.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def vlm_flag(frames: list[np.ndarray], config: PrivacyConfig) -> float:
     key = os.environ.get("OPHORA_LLM_API_KEY")
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    url = config.vlm_url.rstrip("/") + "/chat/completions"
+    url = chat_completions_url(config.vlm_url)
     error = "no attempt"
     for attempt in range(config.vlm_retries):
         try:
@@ -139,7 +140,7 @@ def vlm_flag(frames: list[np.ndarray], config: PrivacyConfig) -> float:
         except (urllib.error.URLError, TimeoutError, OSError, KeyError, IndexError, TypeError, ValueError) as exc:
             error = type(exc).__name__
         time.sleep(min(2 ** attempt * 0.5, 8))
-    raise ModelError(f"vlm privacy endpoint {config.vlm_url} failed after {config.vlm_retries} tries ({error})")
+    raise ModelError(f"vlm privacy endpoint {public_url(url)} failed after {config.vlm_retries} tries ({error})")
 
 
 def privacy_scores(frames: list[np.ndarray], samples: np.ndarray, config: PrivacyConfig) -> dict[str, float]:

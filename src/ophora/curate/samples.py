@@ -236,22 +236,29 @@ def ground_truth(videos: list[SampleVideo]) -> dict:
     return {"clips": clips, "skipped_sources": sources}
 
 
+def write_sample(video: SampleVideo, out: Path, fps: float, seed: int, keyint: int | None = None) -> Path:
+    """Render and encode one sample video and write its narration sidecar; returns the video path."""
+    scenes = [EyeScene(video.width, video.height, seed=seed),
+              EyeScene(video.width, video.height, seed=seed + 1, hue_shift=60, zoom=0.7)]
+    frozen: dict[int, np.ndarray] = {}
+    duration = video.segments[-1].end
+    path = out / f"{video.stem}.mp4"
+    with VideoWriter(path, fps, video.width, video.height, crf=20, preset="veryfast",
+                     keyint=keyint or int(round(fps))) as writer:
+        for i in range(int(round(duration * fps))):
+            writer.write(render_frame(video, scenes, i / fps, frozen))
+    write_sidecar(video, out)
+    log.info("wrote %s (%dx%d, %.0f s)", video.stem, video.width, video.height, duration)
+    return path
+
+
 def make_sample_videos(out: str | Path, fps: float = 15.0) -> Path:
     """Write the sample videos, their sidecars and `ground_truth.json` into `out`; returns the folder."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     videos = sample_plan()
     for n, video in enumerate(videos):
-        scenes = [EyeScene(video.width, video.height, seed=10 * n),
-                  EyeScene(video.width, video.height, seed=10 * n + 1, hue_shift=60, zoom=0.7)]
-        frozen: dict[int, np.ndarray] = {}
-        duration = video.segments[-1].end
-        with VideoWriter(out / f"{video.stem}.mp4", fps, video.width, video.height, crf=20,
-                         preset="veryfast", keyint=int(fps)) as writer:
-            for i in range(int(round(duration * fps))):
-                writer.write(render_frame(video, scenes, i / fps, frozen))
-        write_sidecar(video, out)
-        log.info("wrote %s (%dx%d, %.0f s)", video.stem, video.width, video.height, duration)
+        write_sample(video, out, fps, seed=10 * n)
     tmp = out / f".ground_truth.json.partial{os.getpid()}"
     tmp.write_text(json.dumps(ground_truth(videos), indent=1))
     os.replace(tmp, out / "ground_truth.json")

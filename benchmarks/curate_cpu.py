@@ -1,0 +1,123 @@
+"""`ophora curate` wall time against a plain decode of the same videos, on the same CPU cores.
+
+Generates several minutes of 1920x1080 narrated video (the sample-video renderer: drifting eye, moving
+instruments, SRT narration, a burned-in caption, a frozen and a black stretch and a scene cut per video),
+then, in one run: decodes every frame of every file with the same number of worker processes
+(`decode_s`), and curates the folder with the `rules` refiner (`curate_s`). Target: ratio <= 2.
+
+    python benchmarks/curate_cpu.py [--minutes 5] [--videos 4] [--workers N] [--data DIR] [--tiny]
+    # writes benchmarks/results/curate_cpu.json (or --json PATH)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import av  # noqa: E402
+
+from ophora.curate.pipeline import CurateConfig, curate  # noqa: E402
+from ophora.curate.samples import SampleVideo, Segment, write_sample  # noqa: E402
+
+PHRASES = [
+    "The keratome enters the anterior chamber at the temporal limbus.",
+    "Viscoelastic is injected to deepen the anterior chamber.",
+    "The cystotome starts the capsulorhexis flap.",
+    "Forceps complete the continuous curvilinear capsulorhexis.",
+    "The cannula injects balanced salt solution under the capsule.",
+    "The phaco tip sculpts a central groove in the nucleus.",
+    "The chopper divides the nucleus into quadrants.",
+    "Each quadrant is emulsified in the capsular bag.",
+    "The irrigation aspiration handpiece removes the cortex.",
+    "The foldable lens is injected into the capsular bag.",
+]
+EFFECTS = {3: "caption", 7: "frozen", 11: "black", 14: "cut"}
+
+
+def plan(index: int, seconds: float, width: int, height: int) -> SampleVideo:
+    """One benchmark video: cues of 3.5-7 s, with a caption, frozen, black and cut segment."""
+    segments, t, k = [], 0.0, 0
+    while t < seconds - 3.5:
+        length = min(3.5 + (k * 1.7) % 3.5, seconds - t)
+        segments.append(Segment(t, t + length, PHRASES[(k + index) % len(PHRASES)], EFFECTS.get(k % 16, "clean")))
+        t, k = t + length, k + 1
+    return SampleVideo(f"bench_{index}", width, height, "srt", segments)
+
+
+def _decode_all(path: str) -> int:
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return sum(1 for _ in container.decode(stream))
+
+
+def plain_decode(paths: list[Path], workers: int) -> tuple[float, int]:
+    """Seconds to decode every frame of every file with `workers` processes, and the frame count."""
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        frames = sum(pool.map(_decode_all, [str(p) for p in paths]))
+    return time.perf_counter() - start, frames
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=5.0, help="total video length")
+    parser.add_argument("--videos", type=int, default=4)
+    parser.add_argument("--fps", type=float, default=29.97)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--data", default=None, help="keep the generated videos here (reused when present)")
+    parser.add_argument("--tiny", action="store_true", help="20 s of 854x480 for a quick check")
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "curate_cpu.json"))
+    args = parser.parse_args()
+    width, height, minutes = (854, 480, 20 / 60) if args.tiny else (1920, 1080, args.minutes)
+
+    # 1. generate (or reuse) the narrated videos
+    data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="curate-bench-"))
+    data.mkdir(parents=True, exist_ok=True)
+    seconds = minutes * 60 / args.videos
+    paths = []
+    for i in range(args.videos):
+        video = plan(i, seconds, width, height)
+        path = data / f"{video.stem}.mp4"
+        if not path.is_file():
+            write_sample(video, data, args.fps, seed=100 + i, keyint=int(round(2 * args.fps)))
+        paths.append(path)
+    for path in paths:  # both measurements start from the page cache
+        path.read_bytes()
+
+    # 2. plain decode, then curation, same cores and worker count
+    decode_s, frames = plain_decode(paths, args.workers)
+    out = data.parent / f"{data.name}-out"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    summary = curate(CurateConfig(input=data, out=out, workers=args.workers))
+    curate_s = time.perf_counter() - start
+
+    result = {
+        "decode_s": round(decode_s, 2), "curate_s": round(curate_s, 2), "ratio": round(curate_s / decode_s, 3),
+        "target_ratio": 2.0, "videos": args.videos, "video_seconds": round(minutes * 60, 1), "frames": frames,
+        "size": f"{width}x{height}", "fps": args.fps, "workers": args.workers, "cpu_cores": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(), "refiner": "rules", "clip_mode": "copy",
+        "clips": summary["clips"], "stage_timings": summary["timings"], "versions": summary["versions"],
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in ("decode_s", "curate_s", "ratio", "frames", "size")}))
+    if not args.data:
+        shutil.rmtree(data, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
