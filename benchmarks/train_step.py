@@ -91,24 +91,26 @@ def stock_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, warm: int
     seconds, peak = timed(step, warm, n)
     flops = forward_flops(model, h, w, f, text)
     release(model, opt)
-    return {"name": "stock", "batch": 1, "step_s": seconds, "samples_per_s": 1 / seconds, "peak_gib": peak,
+    return {"name": "stock", "batch": 1, "checkpoint_blocks": None, "selective": False, "compile": False, "step_s": seconds, "samples_per_s": 1 / seconds, "peak_gib": peak,
             "model_tflops": 3 * flops / seconds / 1e12}
 
 
 def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int, checkpoint_blocks: int | None,
-              compile_blocks: bool, warm: int, n: int) -> dict:
+              selective: bool, compile_blocks: bool, warm: int, n: int) -> dict:
     """The trainer's step (accelerate, diffusion_loss, clipping, fused AdamW) with the given switches."""
     from accelerate import Accelerator
     from diffusers import CogVideoXDDIMScheduler
 
     from ophora.models import SCHEDULER_CONFIG
 
-    name = f"ours ckpt={'all' if checkpoint_blocks is None else checkpoint_blocks} compile={int(compile_blocks)} batch={batch}"
+    name = (f"ours ckpt={'all' if checkpoint_blocks is None else checkpoint_blocks} selective={int(selective)} "
+            f"compile={int(compile_blocks)} batch={batch}")
     config = TrainConfig(model="-", cache="-", out="-", mixed_precision="bf16" if CUDA else "no", batch_size=batch,
-                         checkpoint_blocks=checkpoint_blocks, compile_blocks=compile_blocks, sample_latents=True)
+                         checkpoint_blocks=checkpoint_blocks, selective_checkpointing=selective,
+                         compile_blocks=compile_blocks, sample_latents=True)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not CUDA)
     model = build(cfg)
-    configure_blocks(model, True, checkpoint_blocks, compile_blocks)
+    configure_blocks(model, True, checkpoint_blocks, selective, compile_blocks)
     params = list(model.parameters())
     opt = make_optimizer(params, config)
     model, opt = accelerator.prepare(model, opt)
@@ -129,11 +131,12 @@ def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int
     try:
         seconds, peak = timed(step, warm + (2 if compile_blocks else 0), n)
         flops = forward_flops(accelerator.unwrap_model(model), h, w, f, text)
-        result = {"name": name, "batch": batch, "checkpoint_blocks": checkpoint_blocks, "compile": compile_blocks,
-                  "step_s": seconds, "samples_per_s": batch / seconds, "peak_gib": peak,
+        result = {"name": name, "batch": batch, "checkpoint_blocks": checkpoint_blocks, "selective": selective,
+                  "compile": compile_blocks, "step_s": seconds, "samples_per_s": batch / seconds, "peak_gib": peak,
                   "model_tflops": 3 * flops * batch / seconds / 1e12}
     except torch.OutOfMemoryError:
-        result = {"name": name, "batch": batch, "checkpoint_blocks": checkpoint_blocks, "compile": compile_blocks, "oom": True}
+        result = {"name": name, "batch": batch, "checkpoint_blocks": checkpoint_blocks, "selective": selective,
+                  "compile": compile_blocks, "oom": True}
     release(model, opt)
     accelerator.free_memory()
     print(json.dumps(result), flush=True)
@@ -154,7 +157,7 @@ def main() -> None:
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--stock-json", help="stock.json of stock_cogvideox.py --parts train from the same run (reported beside)")
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--checkpoint-blocks", default="30,24,20,16,12,8", help="selective checkpointing settings to try")
+    p.add_argument("--checkpoint-blocks", default="28,26,24,20,16", help="numbers of checkpointed blocks to try, fewest last")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--warm", type=int, default=2)
     p.add_argument("--n", type=int, default=4)
@@ -166,10 +169,13 @@ def main() -> None:
 
     stock = stock_step(cfg, h, w, f, text, dim, a.warm, a.n)
     print(json.dumps(stock), flush=True)
-    variants = [ours_step(cfg, h, w, f, text, dim, 1, None, False, a.warm, a.n)]
+    variants = [ours_step(cfg, h, w, f, text, dim, 1, None, False, False, a.warm, a.n)]
+    if compile_blocks:
+        variants.append(ours_step(cfg, h, w, f, text, dim, 1, None, False, True, a.warm, a.n))
+    variants.append(ours_step(cfg, h, w, f, text, dim, 1, None, True, compile_blocks, a.warm, a.n))
     budget = stock["peak_gib"]
-    for k in sorted({min(int(x), layers) for x in a.checkpoint_blocks.split(",")}, reverse=True):
-        result = ours_step(cfg, h, w, f, text, dim, 1, k, compile_blocks, a.warm, a.n)
+    for k in sorted({int(x) for x in a.checkpoint_blocks.split(",") if int(x) < layers}, reverse=True):
+        result = ours_step(cfg, h, w, f, text, dim, 1, k, True, compile_blocks, a.warm, a.n)
         variants.append(result)
         if result.get("oom") or (budget is not None and result["peak_gib"] > budget):
             break  # fewer checkpointed blocks only need more memory
@@ -178,7 +184,8 @@ def main() -> None:
 
     largest = None
     for batch in range(2, a.max_batch + 1):  # the largest batch that fits the whole GPU, best setting
-        result = ours_step(cfg, h, w, f, text, dim, batch, best["checkpoint_blocks"], best["compile"], a.warm, a.n)
+        result = ours_step(cfg, h, w, f, text, dim, batch, best["checkpoint_blocks"], best["selective"], best["compile"],
+                           1, 2)  # fewer timed steps: large batches are slow
         variants.append(result)
         if result.get("oom"):
             break

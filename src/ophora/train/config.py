@@ -52,6 +52,7 @@ class TrainConfig:
     mixed_precision: str = "fp16"      # fp16 | bf16 | no  (the weights stay fp32: master copy)
     gradient_checkpointing: bool = True
     checkpoint_blocks: int | None = None  # checkpoint only the first N blocks (faster, more memory); None: all
+    selective_checkpointing: bool = False  # keep attention outputs instead of recomputing them (see train/blocks.py)
     compile_blocks: bool = False       # torch.compile each transformer block
     allow_tf32: bool = True
     seed: int = 42

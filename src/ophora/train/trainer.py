@@ -93,7 +93,8 @@ def load_transformer(model_dir: Path, config: TrainConfig):
         transformer.requires_grad_(False)
         transformer.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights=True,
                                            target_modules=config.lora_targets))
-    configure_blocks(transformer, config.gradient_checkpointing, config.checkpoint_blocks, config.compile_blocks)
+    configure_blocks(transformer, config.gradient_checkpointing, config.checkpoint_blocks,
+                     config.selective_checkpointing, config.compile_blocks)
     return transformer.train()
 
 
