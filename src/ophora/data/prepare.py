@@ -127,6 +127,8 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     folder = resolve_model(config.model, ENCODER_PARTS)
     rank, world, local_rank = dist_env()
     if world > 1 and not torch.distributed.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = config.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     dtype = parse_dtype(config.dtype, device)
