@@ -1,0 +1,45 @@
+"""The trainer on a GPU (skipped without one): fp16/bf16 mixed precision and the speed switches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ophora.data.prepare import PrepareConfig, prepare
+from ophora.train.config import load_config
+from ophora.train.trainer import train
+from test_prepare import SMALL, write_synthetic_dataset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_model, tmp_path_factory) -> Path:
+    dataset = write_synthetic_dataset(tmp_path_factory.mktemp("dataset"), bad=False)
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    prepare(PrepareConfig(dataset=dataset, model=str(tiny_model), out=out, **SMALL))
+    return out
+
+
+def run(tiny_model, cache, out: Path, *overrides: str) -> list[float]:
+    train(load_config(CONFIGS / "tiny-tpt.yaml", [f"model={tiny_model}", f"cache={cache}", f"out={out}", "steps=4",
+                                                  "validation_prompts=[]", *overrides]))
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_trains_and_exports(tiny_model, cache, tmp_path, precision):
+    losses = run(tiny_model, cache, tmp_path / "run", f"mixed_precision={precision}")
+    assert len(losses) == 4 and np.isfinite(losses).all()
+    assert (tmp_path / "run" / "final" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_speed_switches_keep_the_losses(tiny_model, cache, tmp_path):
+    plain = run(tiny_model, cache, tmp_path / "plain", "mixed_precision=bf16", "allow_tf32=false")
+    fast = run(tiny_model, cache, tmp_path / "fast", "mixed_precision=bf16", "allow_tf32=false",
+               "selective_checkpointing=true", "checkpoint_blocks=1", "compile_blocks=true")
+    np.testing.assert_allclose(fast, plain, rtol=2e-2)  # bf16 kernels differ slightly once compiled
