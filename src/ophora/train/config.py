@@ -72,9 +72,10 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """The settings a run's result depends on; a run folder may only be resumed with the same ones."""
-        free = {"steps", "num_workers", "log_every", "checkpoint_every", "keep_checkpoints", "validate_every",
-                "validation_prompts", "validation_frames", "validation_height", "validation_width", "validation_steps",
-                "validation_guidance", "export", "stop_at_step"}
+        free = {"out", "steps", "num_workers", "checkpoint_blocks", "selective_checkpointing", "compile_blocks",
+                "log_every", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_prompts",
+                "validation_frames", "validation_height", "validation_width", "validation_steps", "validation_guidance",
+                "export", "stop_at_step"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
 
     def check(self) -> None:
