@@ -6,7 +6,7 @@ trainer, and reports (1) the loss falling and (2) the relative error between lat
 clip's instruction and that clip's training latents, before and after training. Writes learning_check.json
 and learning_check.png (loss curve) to --out (default $OUT). Runs on the CPU at toy scale in a few minutes.
 
-    python benchmarks/learning_check.py [--size small] [--steps 400] [--height 96 --width 128 --frames 17]
+    python benchmarks/learning_check.py [--size small] [--steps 800] [--height 96 --width 128 --frames 17]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--size", choices=["tiny", "small"], default="small", help="random model size (make_tiny_model)")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--height", type=int, default=96)
     p.add_argument("--width", type=int, default=128)
