@@ -200,8 +200,9 @@ def _thumbnail(scan, start: float, end: float, path: Path) -> None:
 def judge_clip(job: SourceJob, index: int, scan, rotation: int, config: CurateConfig) -> dict:
     """Scores and decision of one candidate clip; writes its clip file when it is kept."""
     span = job.spans[index]
-    start, end, _, instruction = span
-    row = _row(job, index, span, width=scan.width, height=scan.height, fps=scan.fps)
+    start, _, _, instruction = span
+    end = min(span[1], scan.end_time)
+    row = _row(job, index, span, width=scan.width, height=scan.height, fps=scan.fps, end=end, duration=end - start)
     clip_id = row["clip id"]
     (config.out / "thumbs").mkdir(parents=True, exist_ok=True)
     _thumbnail(scan, start, end, config.out / "thumbs" / f"{clip_id}.jpg")
@@ -249,7 +250,7 @@ def process_source(job: SourceJob, config: CurateConfig) -> dict:
                               for i, s in enumerate(job.spans)]
         else:
             spans = [Span(s[0], s[1], s[2]) for s in job.spans]
-            scan = scan_source(Path(job.path), spans, config.filters, rotation)
+            scan = scan_source(Path(job.path), spans, config.filters, rotation, config.privacy.ocr_long_side)
             scan.fps = info.fps
             record["rows"] = [judge_clip(job, i, scan, rotation, config) for i in range(len(job.spans))]
         record["rotation"] = rotation
