@@ -30,6 +30,15 @@ INSTRUCTIONS = {
 SMALL = dict(frame_buckets=(9, 17), heights=(64,), widths=(64, 96))
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def synthetic_clip(seed: int, frames: int = 20, height: int = 64, width: int = 96) -> np.ndarray:
     """A bright square moving over a coloured gradient: content the VAE and the model can tell apart."""
     rng = np.random.default_rng(seed)
@@ -185,7 +194,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tiny_model):
 def test_two_ranks_with_torchrun_write_the_same_cache(dataset, tiny_model, tmp_path, cache):
     out = tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29631",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "ophora", "prepare", str(dataset), "--model", str(tiny_model), "--out", str(out),
            "--frames", "9,17", "--heights", "64", "--widths", "64,96"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

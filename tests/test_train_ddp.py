@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from ophora.data.prepare import PrepareConfig, prepare
 from ophora.train.config import load_config
 from ophora.train.trainer import train
-from test_prepare import SMALL, write_synthetic_dataset
+from test_prepare import SMALL, free_port, write_synthetic_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -28,11 +28,16 @@ def test_two_process_ddp_equals_the_single_process_equivalent(tiny_model, tmp_pa
     prepare(PrepareConfig(dataset=dataset, model=str(tiny_model), out=cache, **SMALL))
     common = [f"model={tiny_model}", f"cache={cache}", "steps=5", "validation_prompts=[]", "grad_accum=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29641",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "ophora", "train", str(CONFIGS / "tiny-tpt.yaml"), *common, "batch_size=1", f"out={tmp_path / 'ddp'}"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    single = train(load_config(CONFIGS / "tiny-tpt.yaml", [*common, "batch_size=2", "strata=2", f"out={tmp_path / 'one'}"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the DDP processes (OMP_NUM_THREADS=1): the same float reduction order
+    try:
+        single = train(load_config(CONFIGS / "tiny-tpt.yaml", [*common, "batch_size=2", "strata=2", f"out={tmp_path / 'one'}"]))
+    finally:
+        torch.set_num_threads(threads)
 
     def records(run: Path) -> list[dict]:
         return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
