@@ -209,3 +209,33 @@ def test_cli_make_sample_videos_and_curate(tmp_path):
 
     assert main(["curate", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert main(["curate", str(tmp_path), "--out", str(tmp_path / "o"), "--min-seconds", "20"]) == 2
+
+
+def _rotate_90_clockwise_on_display(path: Path) -> None:
+    """Set the track's display matrix to a 90 degree turn, as phones do (patches the tkhd box in place)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    identity = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    at = data.find(identity, data.find(b"tkhd"))
+    data[at:at + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    path.write_bytes(bytes(data))
+
+
+def test_rotated_video_is_turned_upright(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    scene = EyeScene(854, 480, seed=5)
+    with VideoWriter(src / "phone.mp4", 15, 854, 480, preset="ultrafast", keyint=15) as writer:
+        for i in range(90):
+            frame = cv2.cvtColor(scene.frame(i / 15), cv2.COLOR_BGR2RGB)
+            frame[:60, :60] = 255  # a marker in the stored top-left corner
+            writer.write(frame)
+    _rotate_90_clockwise_on_display(src / "phone.mp4")
+    _srt(src / "phone.srt", [(0, 5, "The surgeon rotates the nucleus with the chopper.")])
+    curate(CurateConfig(input=src, out=tmp_path / "out", workers=1))
+    row = pd.read_parquet(tmp_path / "out" / "manifest.parquet").iloc[0]
+    assert (row["width"], row["height"], row["decision"]) == (480, 854, "keep")
+    clip, _ = read_video(tmp_path / "out" / "clips" / "phone_0.mp4")
+    assert clip.shape[1:] == (854, 480, 3)
+    assert clip[0, 5:55, -55:-5].mean() > 240 and clip[0, 5:55, 5:55].mean() < 240  # marker now top-right
