@@ -30,6 +30,7 @@ from ophora.train.trainer import diffusion_loss, make_optimizer  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
+PARTIAL: Path | None = None  # JSON lines of the settings measured so far
 
 
 def shapes(tiny: bool) -> tuple[dict, int, int, int, int, int]:
@@ -109,6 +110,7 @@ def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int
                          checkpoint_blocks=checkpoint_blocks, selective_checkpointing=selective,
                          compile_blocks=compile_blocks, sample_latents=True)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not CUDA)
+    torch._dynamo.reset()  # each setting compiles afresh, as in one training run
     model = build(cfg)
     configure_blocks(model, True, checkpoint_blocks, selective, compile_blocks)
     params = list(model.parameters())
@@ -129,7 +131,7 @@ def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int
         opt.zero_grad(set_to_none=True)
 
     try:
-        seconds, peak = timed(step, warm + (2 if compile_blocks else 0), n)
+        seconds, peak = timed(step, warm + (4 if compile_blocks else 0), n)  # compilation and recompilations
         flops = forward_flops(accelerator.unwrap_model(model), h, w, f, text)
         result = {"name": name, "batch": batch, "checkpoint_blocks": checkpoint_blocks, "selective": selective,
                   "compile": compile_blocks, "step_s": seconds, "samples_per_s": batch / seconds, "peak_gib": peak,
@@ -140,6 +142,9 @@ def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int
     release(model, opt)
     accelerator.free_memory()
     print(json.dumps(result), flush=True)
+    if PARTIAL is not None:  # what was measured so far survives a time limit
+        with PARTIAL.open("a") as f:
+            f.write(json.dumps(result) + "\n")
     return result
 
 
@@ -157,8 +162,8 @@ def main() -> None:
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--stock-json", help="stock.json of stock_cogvideox.py --parts train from the same run (reported beside)")
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--checkpoint-blocks", default="28,26,24,20,16", help="numbers of checkpointed blocks to try, fewest last")
-    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--checkpoint-blocks", default="27,24,20", help="numbers of checkpointed blocks to try, fewest last")
+    p.add_argument("--max-batch", type=int, default=6)
     p.add_argument("--warm", type=int, default=2)
     p.add_argument("--n", type=int, default=4)
     a = p.parse_args()
@@ -167,8 +172,13 @@ def main() -> None:
     compile_blocks = not a.no_compile
     torch.backends.cuda.matmul.allow_tf32 = True
 
+    global PARTIAL
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    PARTIAL = Path(a.out) / "train_step_partial.jsonl"
+    PARTIAL.unlink(missing_ok=True)
     stock = stock_step(cfg, h, w, f, text, dim, a.warm, a.n)
     print(json.dumps(stock), flush=True)
+    PARTIAL.write_text(json.dumps(stock) + "\n")
     variants = [ours_step(cfg, h, w, f, text, dim, 1, None, False, False, a.warm, a.n)]
     if compile_blocks:
         variants.append(ours_step(cfg, h, w, f, text, dim, 1, None, False, True, a.warm, a.n))
@@ -204,7 +214,7 @@ def main() -> None:
         res["stock_script"] = {k: ref.get(k) for k in ("train_step_b1_gc_s", "train_peak_gib", "train_mfu_tflops_3x")}
         res["speedup_vs_stock_script"] = ref["train_step_b1_gc_s"] / best["step_s"]
     print(json.dumps(res, indent=1))
-    Path(a.out).mkdir(parents=True, exist_ok=True)
+    PARTIAL.unlink()
     (Path(a.out) / ("train_step_tiny.json" if a.tiny else "train_step.json")).write_text(json.dumps(res, indent=1))
 
 
