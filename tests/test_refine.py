@@ -571,7 +571,9 @@ def test_rules_never_fail_on_odd_text():
     pieces = ["we", "I'm", "going to", "the", "IOL", "is", "inserted", "be careful not to", "don't", "nucleus", ",",
               ".", "?", ";", "\n", "\r\n", "and", "which could lead to", "[Music]", "<b>", "é", "\u200b", "2.2 mm",
               "Dr.", "e.g.", "especially", "capsule", "removal", "of", "hydrodissection", "", "  ", "'", '"', "-",
-              "I/A", "subscribe", "rotating", "gently", "\ufeff", "😀", "…"]
+              "I/A", "subscribe", "rotating", "gently", "\ufeff", "😀", "…", "the phaco tip", "sculpts", "begins",
+              "chapter two", "step 1 -", "by the assistant", "dialed", "are", "and then", "the second instrument",
+              "forceps", "with", "to", "introduction", "taken", "the surgeon", "they"]
     for _ in range(2000):
         narration = " ".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
         out = refine_narration(narration, max_words=25)
