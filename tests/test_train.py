@@ -224,11 +224,10 @@ def test_output_folder_of_another_run_is_refused(tiny_model, cache, tmp_path, ca
 
 
 def test_eight_bit_adam_without_bitsandbytes_says_how_to_get_it(tiny_model, cache, tmp_path):
-    try:
-        import bitsandbytes  # noqa: F401
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
         pytest.skip("bitsandbytes is installed")
-    except ImportError:
-        pass
     with pytest.raises(ConfigError, match=r"pip install 'ophora\[bnb\]'"):
         train(tiny_config(tiny_model, cache, tmp_path / "run", "optimizer=adamw8bit"))
 
