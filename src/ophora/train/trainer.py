@@ -272,7 +272,7 @@ def validate(accelerator, model, model_dir: Path, config: TrainConfig, out: Path
 
     if accelerator.is_main_process:
         if validator is None:
-            dtype = torch.float32 if config.mixed_precision == "no" else getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[config.mixed_precision])
+            dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.mixed_precision]
             validator = Validator(model_dir, accelerator.unwrap_model(model), accelerator.device, dtype)
         results = validator.render(config, out / "validation" / f"step-{step:07d}", accelerator.autocast)
         tracker = accelerator.get_tracker("tensorboard", unwrap=True)
