@@ -9,7 +9,6 @@ keyed by a fingerprint of the source and the settings, so a killed run resumes w
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import io
 import json
@@ -31,6 +30,8 @@ from ophora import __version__
 from ophora.curate.filters import (FilterConfig, content_decision, longest_cut_free, motion_scores,
                                    non_surgical_scores, resolution_ok, scan_source, snap_to_keyframe)
 from ophora.curate.privacy import PrivacyConfig, privacy_reason, privacy_scores
+from ophora.curate.refine import RefineConfig, make_refiner
+from ophora.curate.report import write_report
 from ophora.curate.segment import Span, clip_spans, sentence_spans
 from ophora.errors import ConfigError, InputError, MediaError, OphoraError
 from ophora.media import copy_segment, encode_segment, probe_video, temp_path, video_rotation
@@ -65,7 +66,7 @@ class CurateConfig:
     examples_per_reason: int = 3
     filters: FilterConfig = field(default_factory=FilterConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    refine: object | None = None  # a RefineConfig; None: the rules refiner
+    refine: RefineConfig | None = None  # None: the rules refiner
 
     def check(self) -> None:
         """Catch every setting mistake before any work starts."""
@@ -326,10 +327,8 @@ def _csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_outputs(rows: list[dict], skipped: list[dict], summary: dict, out: Path) -> None:
+def write_outputs(rows: list[dict], skipped: list[dict], summary: dict, out: Path, examples_per_reason: int = 3) -> None:
     """instructions.csv, privacy_preserved.csv, manifest.parquet, skipped_sources.csv, summary.json, report.html."""
-    from ophora.curate.report import write_report
-
     kept = [r for r in rows if r["decision"] == "keep"]
     _write_atomic(out / "instructions.csv", _csv_text(kept))
     _write_atomic(out / "privacy_preserved.csv", _csv_text([r for r in kept if not r["privacy_reason"]]))
@@ -342,7 +341,7 @@ def write_outputs(rows: list[dict], skipped: list[dict], summary: dict, out: Pat
     pd.DataFrame(skipped, columns=["source", "reason", "detail"]).to_csv(buffer, index=False)
     _write_atomic(out / "skipped_sources.csv", buffer.getvalue())
     _write_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str))
-    write_report(manifest, skipped, summary, out)
+    write_report(manifest, skipped, summary, out, examples_per_reason)
 
 
 def _versions(refiner) -> dict:
@@ -363,13 +362,13 @@ def _versions(refiner) -> dict:
 
 def curate(config: CurateConfig) -> dict:
     """Run the whole pipeline; returns the summary also written to OUT/summary.json."""
-    from ophora.curate.refine import RefineConfig, make_refiner
-
     # 1. check inputs and find the sources
     config.check()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     config.out.mkdir(parents=True, exist_ok=True)
+    for stale in config.out.rglob(".*.partial*"):  # half-written files of a killed run
+        stale.unlink()
     refiner = make_refiner(config.refine or RefineConfig())
     workers = config.workers or os.cpu_count() or 1
     config.privacy.threads = max(1, (os.cpu_count() or 1) // workers)
@@ -426,7 +425,7 @@ def curate(config: CurateConfig) -> dict:
         rows.extend(record["rows"])
     timings["total_s"] = time.perf_counter() - t0
     summary = _summary(config, refiner, len(sources), rows, skipped, timings, workers)
-    write_outputs(rows, skipped, summary, config.out)
+    write_outputs(rows, skipped, summary, config.out, config.examples_per_reason)
     log.info("kept %d of %d candidate clips (%d privacy-preserved) in %s", summary["clips"]["kept"],
              summary["clips"]["candidates"], summary["clips"]["privacy_preserved"], config.out)
     return summary
@@ -436,7 +435,7 @@ def _summary(config: CurateConfig, refiner, n_sources: int, rows: list[dict], sk
              timings: dict, workers: int) -> dict:
     kept = [r for r in rows if r["decision"] == "keep"]
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "refine"}
-    if config.refine is not None and dataclasses.is_dataclass(config.refine):
+    if config.refine is not None:
         settings["refine"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config.refine).items()}
     settings["workers"] = workers
     return {

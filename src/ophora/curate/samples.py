@@ -32,7 +32,7 @@ class Segment:
     end: float
     narration: str
     effect: str = "clean"  # clean, caption, watermark, cut, frozen, black, title
-    expect: str = "keep"  # keep or the drop reason
+    expect: str = "keep"  # keep or the drop reason (no_instruction: narration with nothing visible)
     privacy: str = ""  # "", "text" or "overlay": why it should leave the privacy-preserved subset
 
 
@@ -64,9 +64,10 @@ def sample_plan() -> list[SampleVideo]:
             Segment(20, 25, "the remaining cortex is aspirated with the irrigation aspiration handpiece"),
         ]),
         SampleVideo("cataract_c", 854, 480, "json", [
-            Segment(0, 5, "The intraocular lens is injected into the capsular bag."),
-            Segment(5, 10, "The lens haptics are dialed into position with a hook."),
-            Segment(10, 15, "Viscoelastic is removed from behind the lens with the aspiration tip."),
+            Segment(0, 5, "Hello everyone and welcome back to my channel, please subscribe.", "clean", "no_instruction"),
+            Segment(5, 10, "The intraocular lens is injected into the capsular bag."),
+            Segment(10, 15, "The lens haptics are dialed into position with a hook."),
+            Segment(15, 20, "Viscoelastic is removed from behind the lens with the aspiration tip."),
         ]),
         SampleVideo("lowres_d", 640, 360, "srt", [
             Segment(0, 5, "A side port incision is made with a blade.", "clean", "resolution"),
