@@ -113,7 +113,7 @@ def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int
     torch._dynamo.reset()  # each setting compiles afresh, as in one training run
     model = build(cfg)
     configure_blocks(model, True, checkpoint_blocks, selective, compile_blocks)
-    params = list(model.parameters())
+    params, model_config = list(model.parameters()), model.config
     opt = make_optimizer(params, config)
     model, opt = accelerator.prepare(model, opt)
     scheduler = CogVideoXDDIMScheduler(**SCHEDULER_CONFIG)
@@ -124,7 +124,7 @@ def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int
 
     def step():
         data = {**batch_data, "micro_step": torch.tensor(next(counter))}
-        loss = diffusion_loss(model, scheduler, data, config, 1.15258426, batch, 1)
+        loss = diffusion_loss(model, scheduler, data, config, 1.15258426, batch, 1, model_config)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         opt.step()

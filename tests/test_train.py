@@ -287,3 +287,24 @@ def test_selective_checkpointing_runs_attention_once_per_block(tiny_model):
 
     assert attention_calls(False) == 4  # 2 blocks, each attention recomputed in the backward pass
     assert attention_calls(True) == 2   # kept from the forward pass
+
+
+def test_rotary_position_models_train_with_the_pipelines_embeddings(tiny_model, cache, tmp_path):
+    from diffusers import CogVideoXPipeline
+
+    from ophora.train.positions import rotary_embeddings
+
+    rotary = tmp_path / "rotary-model"  # a CogVideoX-5b-style model: rotary instead of sin-cos positions
+    shutil.copytree(tiny_model, rotary)
+    config_path = rotary / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["use_rotary_positional_embeddings"] = True
+    config_path.write_text(json.dumps(config))
+    pipe = CogVideoXPipeline.from_pretrained(rotary)
+    reference = pipe._prepare_rotary_positional_embeddings(64, 96, 5, torch.device("cpu"))
+    ours = rotary_embeddings(pipe.transformer.config, 5, 8, 12, torch.device("cpu"))
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b)
+    run = train(tiny_config(rotary, cache, tmp_path / "run", "steps=3"))
+    assert len(losses(run)) == 3 and np.isfinite(losses(run)).all()
+    assert CogVideoXPipeline.from_pretrained(run / "final").transformer.config.use_rotary_positional_embeddings

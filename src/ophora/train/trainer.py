@@ -28,6 +28,7 @@ from ophora.train.blocks import configure_blocks
 from ophora.train.checkpoint import TrainState, claim_run, resume, save_checkpoint, truncate_metrics, write_run_record
 from ophora.train.config import TrainConfig
 from ophora.train.export import export_pipeline, merged_lora_state_dict
+from ophora.train.positions import rotary_embeddings
 from ophora.train.timesteps import sample_seed, sample_timesteps
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,8 @@ def check_model_fits_cache(transformer, info: dict, entries: list) -> None:
     for shape in info["latent_shapes"]:
         if shape[2] % cfg.patch_size or shape[3] % cfg.patch_size:
             raise InputError(f"cache latent size {shape[2]}x{shape[3]} is not divisible by the patch size {cfg.patch_size}")
-    if cfg.get("use_rotary_positional_embeddings", False):
-        raise ConfigError("models with rotary position embeddings (CogVideoX-5b, 1.5) are not supported by this trainer yet")
+    if cfg.get("patch_size_t") is not None:
+        raise ConfigError("CogVideoX 1.5 models (temporal patches) are not supported by this trainer yet")
 
 
 # ------------------------------------------------------------------------------------------- build
@@ -125,7 +126,7 @@ def make_lr_scheduler(optimizer, config: TrainConfig):
 
 
 def diffusion_loss(model, noise_scheduler, batch: dict, config: TrainConfig, scaling_factor: float,
-                   global_batch: int, strata: int) -> torch.Tensor:
+                   global_batch: int, strata: int, model_config) -> torch.Tensor:
     """CogVideoX's loss: v-prediction turned into an x0 estimate, MSE weighted by 1 / (1 - alpha_bar_t).
 
     (The weighted x0 error equals the plain v-prediction error: both are CogVideoX's objective.) Every random
@@ -148,8 +149,10 @@ def diffusion_loss(model, noise_scheduler, batch: dict, config: TrainConfig, sca
     timesteps = sample_timesteps(config.timestep_sampling, positions, global_batch, strata,
                                  noise_scheduler.config.num_train_timesteps, config.seed, micro_step).to(device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    prediction = model(hidden_states=noisy, encoder_hidden_states=batch["prompt_embeds"].to(device),
-                       timestep=timesteps, return_dict=False)[0]
+    frames, _, height, width = latents.shape[1:]
+    prediction = model(hidden_states=noisy, encoder_hidden_states=batch["prompt_embeds"].to(device), timestep=timesteps,
+                       image_rotary_emb=rotary_embeddings(model_config, frames, height, width, device),
+                       return_dict=False)[0]
     x0 = noise_scheduler.get_velocity(prediction.float(), noisy, timesteps)
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)[timesteps]
     weights = (1 / (1 - alphas_cumprod)).view(-1, 1, 1, 1, 1)
@@ -216,7 +219,8 @@ def train(config: TrainConfig) -> Path:
             batch = next(loader)
             sync = contextlib.nullcontext() if k == config.grad_accum - 1 else accelerator.no_sync(model)
             with sync:
-                loss = diffusion_loss(model, noise_scheduler, batch, config, info["vae_scaling_factor"], global_batch, strata)
+                loss = diffusion_loss(model, noise_scheduler, batch, config, info["vae_scaling_factor"], global_batch,
+                                      strata, transformer.config)
                 bad = accelerator.reduce((~torch.isfinite(loss.detach())).float(), "sum")
                 if bad.item() > 0:
                     finite = False  # not trained on: no backward, and this step's update is dropped
