@@ -308,3 +308,19 @@ def test_rotary_position_models_train_with_the_pipelines_embeddings(tiny_model, 
     run = train(tiny_config(rotary, cache, tmp_path / "run", "steps=3"))
     assert len(losses(run)) == 3 and np.isfinite(losses(run)).all()
     assert CogVideoXPipeline.from_pretrained(run / "final").transformer.config.use_rotary_positional_embeddings
+
+
+def test_global_batches_hold_one_bucket_each_and_follow_the_seed():
+    from ophora.data.batches import batches_per_epoch, plan_epoch
+    from ophora.data.cache import CacheEntry
+
+    shapes = [(16, 13, 60, 90)] * 7 + [(16, 13, 60, 120)] * 5
+    entries = [CacheEntry(f"c{i}", f"clips/c{i}.safetensors", "x", s) for i, s in enumerate(shapes)]
+    plan = plan_epoch(entries, 2, seed=3, epoch=0)
+    assert len(plan) == batches_per_epoch(entries, 2) == 3 + 2
+    assert all(len(b) == 2 and len({entries[i].latent_shape for i in b}) == 1 for b in plan)
+    used = [i for b in plan for i in b]
+    assert len(used) == len(set(used)) == 10
+    assert plan == plan_epoch(entries, 2, seed=3, epoch=0) != plan_epoch(entries, 2, seed=3, epoch=1)
+    with pytest.raises(InputError, match="no resolution/frame bucket of the cache holds 8 clips"):
+        batches_per_epoch(entries, 8)
