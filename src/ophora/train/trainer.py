@@ -72,8 +72,12 @@ def check_model_fits_cache(transformer, info: dict, entries: list) -> None:
 
 def make_accelerator(config: TrainConfig):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
+    # accelerate keeps one state per process; a second run in the same process (TPT then P2FT in
+    # `ophora demo`, or tests) may use another precision, so start from a fresh state.
+    AcceleratorState._reset_state()
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision fp16 needs a GPU; use mixed_precision=bf16 or no on the CPU")
     return Accelerator(
