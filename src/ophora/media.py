@@ -167,16 +167,20 @@ def video_rotation(path: str | Path) -> int:
         return int(round(getattr(frame, "rotation", 0) or 0)) % 360
 
 
-def iter_frames(path: str | Path, threads: int = 0):
+def iter_frames(path: str | Path, threads: int = 0, reference_only: bool = False):
     """Decode the first video stream, yielding `(seconds, av.VideoFrame)` in display order.
 
     Timestamps come from each frame (variable frame rate is fine); `threads=0` lets FFmpeg choose.
+    `reference_only` skips frames no other frame refers to (typically B-frames): about half the frames
+    of common H.264, at a fraction of the decoding cost.
     """
     path = Path(path)
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
+        if reference_only:
+            stream.codec_context.skip_frame = "NONREF"
         base = stream.start_time if stream.start_time is not None else 0
         try:
             for frame in container.decode(stream):

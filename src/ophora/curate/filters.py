@@ -1,8 +1,9 @@
 """One decode pass over a source video, then per-clip scores: resolution, scene cuts, motion, non-surgical frames.
 
-The pass decodes every frame once and keeps only what the scores need: a tiny colour frame per decoded
-frame for PySceneDetect (never stored), grey frames sampled at `sample_fps` for motion, overlay and
-frame-type statistics, and larger colour frames once per `ocr_interval` inside candidate clips for OCR.
+The pass decodes the source once (by default only its reference frames) and keeps only what the scores
+need: a tiny colour frame per decoded frame for PySceneDetect (never stored), grey frames sampled at
+`sample_fps` for motion, overlay and frame-type statistics, and colour frames once per `ocr_interval`
+inside candidate clips for the text detector.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from scenedetect.common import FrameTimecode
 from scenedetect.detectors import ContentDetector, ThresholdDetector
@@ -30,6 +32,9 @@ class FilterConfig:
     min_s: float = 2.0
     scene_threshold: float = 27.0
     fade_threshold: float = 12.0
+    # Analyse only reference frames (~half of common H.264, much cheaper to decode); a cut is then known to
+    # lie between two analysed frames, and the frames between them are left out of both sides.
+    reference_frames_only: bool = True
     sample_fps: float = 4.0
     sample_width: int = 256
     freeze_eps: float = 0.3
@@ -47,7 +52,7 @@ class SourceScan:
     height: int
     fps: float = 0.0
     keyframes: list[float] = field(default_factory=list)
-    cuts: list[float] = field(default_factory=list)
+    cuts: list[tuple[float, float]] = field(default_factory=list)  # (last frame seen before, first after)
     sample_times: list[float] = field(default_factory=list)
     samples: list[np.ndarray] = field(default_factory=list)
     ocr_times: list[float] = field(default_factory=list)
@@ -83,6 +88,7 @@ def _size(width: int, height: int, long_side: int) -> tuple[int, int]:
 
 
 def _small(frame, size: tuple[int, int], pixel_format: str) -> np.ndarray:
+    """`frame` scaled to `size` as a numpy image."""
     # Area averaging: a fraction of the default (bicubic) scaler's cost at these ratios, without aliasing.
     return frame.reformat(width=size[0], height=size[1], format=pixel_format, interpolation="AREA").to_ndarray()
 
@@ -96,7 +102,7 @@ def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: i
     times: list[float] = []
     next_sample = next_ocr = 0.0
     sample_size = ocr_size = (0, 0)
-    for t, frame in iter_frames(path):
+    for t, frame in iter_frames(path, reference_only=config.reference_frames_only):
         if scan is None:
             w, h = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
             scan = SourceScan(width=w, height=h)
@@ -104,14 +110,17 @@ def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: i
             ocr_size = _size(frame.width, frame.height, ocr_long_side)
         if frame.key_frame:
             scan.keyframes.append(t)
+        # One scaler pass per frame (reading a full-size frame is the cost); smaller views come from it.
+        small = _small(frame, sample_size, "bgr24")
+        tiny = cv2.resize(small, SCENE_SIZE, interpolation=cv2.INTER_AREA)
         # PySceneDetect counts frames; its cut frame numbers map back to real (possibly VFR) times.
-        tiny = _small(frame, SCENE_SIZE, "bgr24")
         code = FrameTimecode(len(times), fps=30.0)
         times.append(t)
         for detector in detectors:
-            scan.cuts.extend(times[c.frame_num] for c in detector.process_frame(code, tiny))
+            scan.cuts.extend((times[c.frame_num - 1], times[c.frame_num])
+                             for c in detector.process_frame(code, tiny) if c.frame_num > 0)
         if t >= next_sample:
-            grey = _small(frame, sample_size, "gray")
+            grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
             scan.sample_times.append(t)
             scan.samples.append(_rotate(grey, rotation))
             next_sample = t + 1.0 / config.sample_fps
@@ -133,11 +142,16 @@ def resolution_ok(width: int, height: int, config: FilterConfig) -> bool:
         min(width, height) >= min(config.min_width, config.min_height)
 
 
-def longest_cut_free(start: float, end: float, cuts: list[float]) -> tuple[float, float, int]:
-    """The longest part of [start, end) without a cut inside, and how many cuts fell inside."""
-    inside = [c for c in cuts if start < c < end]
-    bounds = [start, *inside, end]
-    a, b = max(zip(bounds, bounds[1:]), key=lambda ab: ab[1] - ab[0])
+def longest_cut_free(start: float, end: float, cuts: list[tuple[float, float]],
+                     frame_s: float) -> tuple[float, float, int]:
+    """The longest part of [start, end) holding no frame at or after a cut's `before` and before its `after`.
+
+    Returns the part and how many cuts fell inside; `frame_s` is one frame's duration.
+    """
+    inside = [(b, a) for b, a in cuts if start < a < end]
+    bounds = [start] + [x for b, a in inside for x in (b + 0.5 * frame_s, a)] + [end]
+    pieces = list(zip(bounds[::2], bounds[1::2]))
+    a, b = max(pieces, key=lambda ab: ab[1] - ab[0])
     return a, b, len(inside)
 
 

@@ -209,7 +209,7 @@ def judge_clip(job: SourceJob, index: int, scan, rotation: int, config: CurateCo
     _thumbnail(scan, start, end, config.out / "thumbs" / f"{clip_id}.jpg")
     if end - start < config.min_s:
         return {**row, "reason": "too_short"}
-    a, b, cuts = longest_cut_free(start, end, scan.cuts)
+    a, b, cuts = longest_cut_free(start, end, scan.cuts, 1.0 / (scan.fps or 30.0))
     row.update(cuts_inside=cuts, trimmed=cuts > 0, start=a, end=b, duration=b - a)
     if b - a < config.min_s:
         return {**row, "reason": "scene_cut"}
