@@ -211,18 +211,22 @@ def judge_clip(job: SourceJob, index: int, scan, rotation: int, config: CurateCo
         return {**row, "reason": "too_short"}
     a, b, cuts = longest_cut_free(start, end, scan.cuts, 1.0 / (scan.fps or 30.0))
     row.update(cuts_inside=cuts, trimmed=cuts > 0, start=a, end=b, duration=b - a)
-    if b - a < config.min_s:
-        return {**row, "reason": "scene_cut"}
     copy = config.clip_mode == "copy" and not rotation
-    if copy:
-        a = snap_to_keyframe(a, scan.keyframes)
-        if a is None or b - a < config.min_s:
-            return {**row, "reason": "keyframe_gap"}
-        row.update(start=a, duration=b - a)
+    reason = "scene_cut" if b - a < config.min_s else ""
+    if copy and not reason:
+        snapped = snap_to_keyframe(a, scan.keyframes)
+        if snapped is None or b - snapped < config.min_s:
+            reason = "keyframe_gap"
+        else:
+            a = snapped
+            row.update(start=a, duration=b - a)
+    if reason:  # too little is left: judge and report the whole span (its content says more)
+        a, b = start, end
+        row.update(start=a, end=b, duration=b - a)
     samples = scan.sample_stack(a, b)
     scores = {**motion_scores(samples, config.filters), **non_surgical_scores(samples)}
     row.update(scores)
-    reason = content_decision(scores, config.filters)
+    reason = content_decision(scores, config.filters) or reason
     if reason:
         return {**row, "reason": reason}
     if not instruction:

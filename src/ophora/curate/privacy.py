@@ -41,7 +41,7 @@ class PrivacyConfig:
     overlay: bool = True
     overlay_persistence: float = 0.8  # share of sampled frames in which an edge pixel must be an edge
     overlay_min_density: float = 0.15  # share of a region's box covered by persistent edges
-    overlay_min_area: float = 0.001
+    overlay_min_area: float = 0.004  # smaller persistent specks occur in slowly moving texture
     overlay_max_area: float = 0.06
     overlay_min_motion: float = 2.0  # mean temporal std (grey levels) the view needs for the check to apply
     min_box_aspect: float = 2.0  # a text line's length over its height
