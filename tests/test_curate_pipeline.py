@@ -239,3 +239,33 @@ def test_rotated_video_is_turned_upright(tmp_path):
     clip, _ = read_video(tmp_path / "out" / "clips" / "phone_0.mp4")
     assert clip.shape[1:] == (854, 480, 3)
     assert clip[0, 5:55, -55:-5].mean() > 240 and clip[0, 5:55, 5:55].mean() < 240  # marker now top-right
+
+
+def test_asr_model_that_fails_to_load_or_transcribes(samples, tmp_path, monkeypatch):
+    """Our handling of faster-whisper's API (a stand-in module: no Whisper weights can be had here)."""
+    import types
+
+    from ophora.curate import pipeline
+
+    class Model:
+        def __init__(self, name):
+            if name != "tiny-ok":
+                raise RuntimeError(f"Unable to open file 'model.bin' in model '{name}'")
+
+        def transcribe(self, path):
+            segment = types.SimpleNamespace
+            return iter([segment(start=0.0, end=3.0, text=" The surgeon marks the cornea."),
+                         segment(start=3.0, end=6.0, text=" The blade enters the chamber.")]), None
+
+    monkeypatch.setitem(sys.modules, "faster_whisper", types.SimpleNamespace(WhisperModel=Model))
+    monkeypatch.setattr(pipeline, "_ASR_MODELS", {})
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(samples / "no_narration_e.mp4", src)
+    curate(CurateConfig(input=src, out=tmp_path / "bad", workers=1, asr="faster-whisper", asr_model="/no/model"))
+    skipped = pd.read_csv(tmp_path / "bad" / "skipped_sources.csv")
+    assert skipped["reason"].tolist() == ["asr_unavailable"] and "cannot load ASR model" in skipped["detail"][0]
+    curate(CurateConfig(input=src, out=tmp_path / "ok", workers=1, asr="faster-whisper", asr_model="tiny-ok"))
+    manifest = pd.read_parquet(tmp_path / "ok" / "manifest.parquet")
+    assert manifest["narration"].tolist() == ["The surgeon marks the cornea.", "The blade enters the chamber."]
+    assert manifest["decision"].tolist() == ["keep", "keep"]

@@ -56,7 +56,7 @@ class SourceScan:
     sample_times: list[float] = field(default_factory=list)
     samples: list[np.ndarray] = field(default_factory=list)
     ocr_times: list[float] = field(default_factory=list)
-    ocr_frames: list[np.ndarray] = field(default_factory=list)
+    ocr_frames: list[bytes] = field(default_factory=list)  # JPEG: an hour of narration stays ~150 MB
     frames: int = 0
     last_time: float = 0.0
 
@@ -73,9 +73,9 @@ class SourceScan:
     def ocr_stack(self, start: float, end: float, count: int) -> list[np.ndarray]:
         """Up to `count` OCR frames from [start, end), spread evenly."""
         inside = [f for t, f in zip(self.ocr_times, self.ocr_frames) if start <= t < end]
-        if len(inside) <= count:
-            return inside
-        return [inside[i] for i in np.linspace(0, len(inside) - 1, count).round().astype(int)]
+        if len(inside) > count:
+            inside = [inside[i] for i in np.linspace(0, len(inside) - 1, count).round().astype(int)]
+        return [cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR) for f in inside]
 
 
 def _rotate(image: np.ndarray, rotation: int) -> np.ndarray:
@@ -100,6 +100,8 @@ def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: i
                  ThresholdDetector(threshold=config.fade_threshold, min_scene_len=2)]
     scan: SourceScan | None = None
     times: list[float] = []
+    bounds = sorted((s.start, s.end) for s in spans)
+    current = 0  # the first span not yet over
     next_sample = next_ocr = 0.0
     sample_size = ocr_size = (0, 0)
     for t, frame in iter_frames(path, reference_only=config.reference_frames_only):
@@ -119,15 +121,19 @@ def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: i
         for detector in detectors:
             scan.cuts.extend((times[c.frame_num - 1], times[c.frame_num])
                              for c in detector.process_frame(code, tiny) if c.frame_num > 0)
+        while current < len(bounds) and bounds[current][1] <= t:
+            current += 1
+        if current == len(bounds) or t < bounds[current][0]:
+            continue  # between clips: only scene detection needs this frame
         if t >= next_sample:
             grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
             scan.sample_times.append(t)
             scan.samples.append(_rotate(grey, rotation))
             next_sample = t + 1.0 / config.sample_fps
-        if t >= next_ocr and any(s.start <= t < s.end for s in spans):
-            bgr = _small(frame, ocr_size, "bgr24")
+        if t >= next_ocr:
+            bgr = _rotate(_small(frame, ocr_size, "bgr24"), rotation)
             scan.ocr_times.append(t)
-            scan.ocr_frames.append(_rotate(bgr, rotation))
+            scan.ocr_frames.append(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
             next_ocr = t + config.ocr_interval
     if scan is None:
         raise MediaError(f"{path} holds no decodable frames")
