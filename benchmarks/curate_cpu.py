@@ -6,7 +6,7 @@ then, in one run: decodes every frame of every file with the same number of work
 folder with the `rules` refiner (`curate_s`) and decodes again; `decode_s` is the mean of both decodes.
 Target: ratio = curate_s / decode_s <= 2.
 
-    python benchmarks/curate_cpu.py [--minutes 5] [--videos 4] [--workers N] [--data DIR] [--tiny]
+    python benchmarks/curate_cpu.py [--minutes 5] [--videos 4] [--workers N] [--data DIR] [--clip-mode reencode] [--tiny]
     # writes benchmarks/results/curate_cpu.json (or --json PATH)
 """
 
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=29.97)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--data", default=None, help="keep the generated videos here (reused when present)")
+    parser.add_argument("--clip-mode", choices=["copy", "reencode"], default="copy")
     parser.add_argument("--tiny", action="store_true", help="20 s of 854x480 for a quick check")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "curate_cpu.json"))
     args = parser.parse_args()
@@ -104,7 +105,7 @@ def main() -> None:
     out = data.parent / f"{data.name}-out"
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    summary = curate(CurateConfig(input=data, out=out, workers=args.workers))
+    summary = curate(CurateConfig(input=data, out=out, workers=args.workers, clip_mode=args.clip_mode))
     curate_s = time.perf_counter() - start
     second_s, _ = plain_decode(paths, args.workers)
     decode_s = (first_s + second_s) / 2
@@ -114,7 +115,7 @@ def main() -> None:
         "target_ratio": 2.0, "decode_runs_s": [round(first_s, 2), round(second_s, 2)],
         "load_avg_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)], "videos": args.videos, "video_seconds": round(minutes * 60, 1), "frames": frames,
         "size": f"{width}x{height}", "fps": args.fps, "workers": args.workers, "cpu_cores": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(), "refiner": "rules", "clip_mode": "copy",
+        "cpu": platform.processor() or platform.machine(), "refiner": "rules", "clip_mode": args.clip_mode,
         "clips": summary["clips"], "stage_timings": summary["timings"], "versions": summary["versions"],
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
