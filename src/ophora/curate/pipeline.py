@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pandas as pd
@@ -234,10 +235,14 @@ def judge_clip(job: SourceJob, index: int, scan, rotation: int, config: CurateCo
     pscores = privacy_scores(scan.ocr_stack(a, b, config.privacy.frames), samples, config.privacy)
     row.update(pscores, privacy_reason=privacy_reason(pscores, config.privacy))
     target = config.out / "clips" / f"{clip_id}.mp4"
-    if copy:
-        a, b = copy_segment(job.path, target, a, b)
-    else:
-        a, b = encode_segment(job.path, target, a, b, crf=config.crf, rotation=rotation)
+    try:
+        if copy:
+            a, b = copy_segment(job.path, target, a, b)
+        else:
+            a, b = encode_segment(job.path, target, a, b, crf=config.crf, rotation=rotation)
+    except (MediaError, av.error.FFmpegError) as exc:
+        log.warning("%s: cannot write the clip (%s)", clip_id, exc)
+        return {**row, "reason": "write_failed"}
     return {**row, "start": a, "end": b, "duration": b - a, "decision": "keep"}
 
 
@@ -259,7 +264,7 @@ def process_source(job: SourceJob, config: CurateConfig) -> dict:
             scan.fps = info.fps
             record["rows"] = [judge_clip(job, i, scan, rotation, config) for i in range(len(job.spans))]
         record["rotation"] = rotation
-    except MediaError as exc:
+    except (MediaError, av.error.FFmpegError) as exc:
         record.update(skipped="undecodable", detail=str(exc), rows=[])
     record["seconds"] = time.perf_counter() - started
     record_path.parent.mkdir(parents=True, exist_ok=True)
@@ -349,7 +354,6 @@ def write_outputs(rows: list[dict], skipped: list[dict], summary: dict, out: Pat
 
 
 def _versions(refiner) -> dict:
-    import av
     import scenedetect
 
     versions = {"ophora": __version__, "av": av.__version__, "scenedetect": scenedetect.__version__,
