@@ -98,11 +98,12 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=17, help="frame bucket (4k+1); the short real clip has 27 frames")
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--mixed-precision", default="bf16" if torch.cuda.is_available() else "no")
+    p.add_argument("--clips", type=Path, default=REAL, help="folder of the real clips (default: ../shared/data/real/...)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    clips = sorted(REAL.glob("*.mp4"))
+    clips = sorted(a.clips.glob("*.mp4"))
     if not clips:
-        raise SystemExit(f"no real clips at {REAL}")
+        raise SystemExit(f"no real clips at {a.clips}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

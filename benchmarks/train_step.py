@@ -16,6 +16,7 @@ import argparse
 import gc
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -142,10 +143,56 @@ def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int
     release(model, opt)
     accelerator.free_memory()
     print(json.dumps(result), flush=True)
+    return result
+
+
+def isolated(args: argparse.Namespace, batch: int, checkpoint_blocks: int | None, selective: bool,
+             compile_blocks: bool, warm: int, n: int) -> dict:
+    """`ours_step` in a fresh process, so no variant inherits another's allocations or compiled graphs."""
+    spec = f"{batch}:{checkpoint_blocks}:{int(selective)}:{int(compile_blocks)}:{warm}:{n}"
+    cmd = [sys.executable, __file__, "--one", spec, "--out", args.out] + (["--tiny"] if args.tiny else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode or not lines:
+        raise SystemExit(f"variant {spec} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(lines[-1])
+    print(lines[-1], flush=True)
     if PARTIAL is not None:  # what was measured so far survives a time limit
         with PARTIAL.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+            f.write(lines[-1] + "\n")
     return result
+
+
+def largest_batch(a: argparse.Namespace, best: dict, variants: list[dict]) -> dict | None:
+    """The largest batch of the best setting that fits the GPU: doubling, then bisection."""
+    def fits(batch: int) -> dict | None:
+        result = isolated(a, batch, best["checkpoint_blocks"], best["selective"], best["compile"], 1, 1)
+        variants.append(result)
+        return None if result.get("oom") else result
+
+    largest, low, high = None, 1, None
+    batch = 2
+    while batch <= a.max_batch:
+        result = fits(batch)
+        if result is None:
+            high = batch
+            break
+        largest, low, batch = result, batch, batch * 2
+    while high is not None and high - low > 1:
+        mid = (low + high) // 2
+        result = fits(mid)
+        if result is None:
+            high = mid
+        else:
+            largest, low = result, mid
+    return largest
+
+
+def run_one(spec: str, tiny: bool) -> None:
+    batch, ckpt, selective, compile_blocks, warm, n = spec.split(":")
+    cfg, h, w, f, text, dim = shapes(tiny)
+    ours_step(cfg, h, w, f, text, dim, int(batch), None if ckpt == "None" else int(ckpt), selective == "1",
+              compile_blocks == "1", int(warm), int(n))
 
 
 def release(*objects) -> None:
@@ -163,10 +210,25 @@ def main() -> None:
     p.add_argument("--stock-json", help="stock.json of stock_cogvideox.py --parts train from the same run (reported beside)")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--checkpoint-blocks", default="27,24,20", help="numbers of checkpointed blocks to try, fewest last")
-    p.add_argument("--max-batch", type=int, default=6)
+    p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--warm", type=int, default=2)
     p.add_argument("--n", type=int, default=4)
+    p.add_argument("--one", help=argparse.SUPPRESS)  # batch:ckpt:selective:compile:warm:n, used by isolated()
+    p.add_argument("--batch-search", metavar="CKPT:SELECTIVE:COMPILE",
+                   help="only find the largest batch of this setting (e.g. 27:1:1), written to train_batch.json")
     a = p.parse_args()
+    if a.one:
+        return run_one(a.one, a.tiny)
+    if a.batch_search:
+        ckpt, selective, compile_ = a.batch_search.split(":")
+        setting = {"checkpoint_blocks": None if ckpt == "None" else int(ckpt), "selective": selective == "1",
+                   "compile": compile_ == "1"}
+        tried: list[dict] = []
+        largest = largest_batch(a, setting, tried)
+        res = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "setting": setting, "largest_batch": largest,
+               "tried": tried, "command": " ".join(sys.argv)}
+        (Path(a.out) / "train_batch.json").write_text(json.dumps(res, indent=1))
+        return None
     cfg, h, w, f, text, dim = shapes(a.tiny)
     layers = cfg.get("num_layers", 30)
     compile_blocks = not a.no_compile
@@ -179,27 +241,21 @@ def main() -> None:
     stock = stock_step(cfg, h, w, f, text, dim, a.warm, a.n)
     print(json.dumps(stock), flush=True)
     PARTIAL.write_text(json.dumps(stock) + "\n")
-    variants = [ours_step(cfg, h, w, f, text, dim, 1, None, False, False, a.warm, a.n)]
+    release()
+    variants = [isolated(a, 1, None, False, False, a.warm, a.n)]
     if compile_blocks:
-        variants.append(ours_step(cfg, h, w, f, text, dim, 1, None, False, True, a.warm, a.n))
-    variants.append(ours_step(cfg, h, w, f, text, dim, 1, None, True, compile_blocks, a.warm, a.n))
+        variants.append(isolated(a, 1, None, False, True, a.warm, a.n))
+    variants.append(isolated(a, 1, None, True, compile_blocks, a.warm, a.n))
     budget = stock["peak_gib"]
-    for k in sorted({int(x) for x in a.checkpoint_blocks.split(",") if int(x) < layers}, reverse=True):
-        result = ours_step(cfg, h, w, f, text, dim, 1, k, True, compile_blocks, a.warm, a.n)
+    for k in sorted({int(x) for x in a.checkpoint_blocks.split(",") if x and int(x) < layers}, reverse=True):
+        result = isolated(a, 1, k, True, compile_blocks, a.warm, a.n)
         variants.append(result)
         if result.get("oom") or (budget is not None and result["peak_gib"] > budget):
             break  # fewer checkpointed blocks only need more memory
     fits = [v for v in variants if not v.get("oom") and (budget is None or v["peak_gib"] <= budget)]
     best = max(fits, key=lambda v: v["samples_per_s"])
 
-    largest = None
-    for batch in range(2, a.max_batch + 1):  # the largest batch that fits the whole GPU, best setting
-        result = ours_step(cfg, h, w, f, text, dim, batch, best["checkpoint_blocks"], best["selective"], best["compile"],
-                           1, 2)  # fewer timed steps: large batches are slow
-        variants.append(result)
-        if result.get("oom"):
-            break
-        largest = result
+    largest = largest_batch(a, best, variants)
     res = {
         "device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__,
         "size": "tiny" if a.tiny else "CogVideoX-2b 49x480x720", "stock_s": stock["step_s"], "ours_s": best["step_s"],
