@@ -149,13 +149,23 @@ def parse_override(text: str) -> tuple[str, object]:
         raise ConfigError(f"override {text!r}: cannot parse the value") from None
 
 
+def find_config(path: str | Path) -> Path:
+    """`path` itself, or the config of that name shipped with ophora (`tpt`, `p2ft.yaml`, `configs/tiny-tpt.yaml`)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    bundled = Path(__file__).resolve().parents[1] / "configs" / Path(path).with_suffix(".yaml").name
+    if bundled.is_file():
+        return bundled
+    shipped = sorted(p.stem for p in bundled.parent.glob("*.yaml"))
+    raise ConfigError(f"config file not found: {path} (configs shipped with ophora: {', '.join(shipped)})")
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """A checked TrainConfig from a YAML file (or the defaults) and `key=value` overrides, applied in order."""
     config = TrainConfig()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = find_config(path)
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
