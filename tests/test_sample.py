@@ -256,7 +256,7 @@ def test_bad_prompt_files(tiny_model, tmp_path, capsys):
     assert "duplicate clip id 'a' on lines 2 and 4" in expect_error(capsys, *base, "--prompts", str(dup))
 
     bad_id = write_prompts(tmp_path / "badid.csv", [("../x", "Inject.")])
-    assert "cannot be a folder name" in expect_error(capsys, *base, "--prompts", str(bad_id))
+    assert "cannot be a file or folder name" in expect_error(capsys, *base, "--prompts", str(bad_id))
 
     nothing = tmp_path / "nothing.txt"
     nothing.write_text("\n\n")

@@ -27,6 +27,7 @@ from ophora.errors import InputError, OphoraError
 from ophora.gallery import write_gallery
 from ophora.media import write_video
 from ophora.models import load_pipeline, parse_dtype
+from ophora.tables import read_id_text_rows, read_text_file
 
 log = logging.getLogger(__name__)
 
@@ -121,20 +122,6 @@ def check_settings(config: SampleConfig) -> None:
         raise InputError(f"LoRA weights not found: {config.lora}")
 
 
-def _check_prompt_table(rows: list[tuple[str, str]], source: str) -> None:
-    seen: dict[str, int] = {}
-    for line, (clip_id, prompt) in enumerate(rows, start=2):
-        if not clip_id:
-            raise InputError(f"{source} line {line}: empty clip id")
-        if "/" in clip_id or "\\" in clip_id or clip_id in (".", ".."):
-            raise InputError(f"{source} line {line}: clip id {clip_id!r} cannot be a folder name")
-        if not prompt:
-            raise InputError(f"{source} line {line}: empty prompt for clip id {clip_id!r}")
-        if clip_id in seen:
-            raise InputError(f"{source}: duplicate clip id {clip_id!r} on lines {seen[clip_id]} and {line}")
-        seen[clip_id] = line
-
-
 def read_prompts(config: SampleConfig) -> list[tuple[str, str]]:
     """(clip id, prompt) pairs from --prompt, a .txt file (one a line) or a CSV file."""
     if config.prompt is not None:
@@ -143,30 +130,19 @@ def read_prompts(config: SampleConfig) -> list[tuple[str, str]]:
             raise InputError("--prompt is empty")
         return [("prompt", prompt)]
     path = Path(config.prompts)
-    if not path.is_file():
-        raise InputError(f"prompts file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"prompts file {path} is not UTF-8 text") from None
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        columns = reader.fieldnames or []
-        wanted = [config.id_column, config.prompt_column]
-        absent = [c for c in wanted if c not in columns]
-        if absent:
-            raise InputError(
-                f"{path} has no column {', '.join(repr(c) for c in absent)}; its columns are "
-                f"{', '.join(repr(c) for c in columns) or 'none'} (choose with --id-column / --prompt-column)"
-            )
-        rows = [((r[config.id_column] or "").strip(), (r[config.prompt_column] or "").strip()) for r in reader]
+        rows = read_id_text_rows(path, config.id_column, config.prompt_column, "prompts file",
+                                 hint=" (choose with --id-column / --prompt-column)")
+        for line, clip_id, prompt in rows:
+            if not prompt:
+                raise InputError(f"{path} line {line}: empty prompt for clip id {clip_id!r}")
+        prompts = [(clip_id, prompt) for _, clip_id, prompt in rows]
     else:
-        lines = [ln.strip() for ln in text.splitlines()]
-        rows = [(f"{i:04d}", ln) for i, ln in enumerate((ln for ln in lines if ln), start=1)]
-    if not rows:
+        lines = (ln.strip() for ln in read_text_file(path, "prompts file").splitlines())
+        prompts = [(f"{i:04d}", ln) for i, ln in enumerate((ln for ln in lines if ln), start=1)]
+    if not prompts:
         raise InputError(f"{path} holds no prompts")
-    _check_prompt_table(rows, str(path))
-    return rows
+    return prompts
 
 
 def video_seed(seed: int, clip_id: str, n: int) -> int:
