@@ -226,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ophora {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_line, add_arguments, _) in COMMANDS.items():
+    order = ["demo", "make-sample-videos", "curate", "prepare", "train", "sample", "make-tiny-model"]
+    for name in sorted(COMMANDS, key=lambda n: order.index(n) if n in order else len(order)):
+        help_line, add_arguments, _ = COMMANDS[name]
         add_arguments(sub.add_parser(name, help=help_line, description=help_line))
     return parser
 
