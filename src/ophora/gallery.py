@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
+
+from ophora.files import write_text
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -35,8 +36,5 @@ def write_gallery(out: Path, records: list[dict], title: str) -> Path:
             src=html.escape(str(r["path"]), quote=True), clip_id=html.escape(str(r["clip id"])), n=r["n"],
             prompt=html.escape(str(r["prompt"])), meta=html.escape(meta),
         ))
-    path = Path(out) / "index.html"
-    tmp = path.with_name(f".index.html.partial{os.getpid()}")
-    tmp.write_text(PAGE.format(title=html.escape(title), count=len(records), figures="\n".join(figures)))
-    os.replace(tmp, path)
-    return path
+    return write_text(Path(out) / "index.html",
+                      PAGE.format(title=html.escape(title), count=len(records), figures="\n".join(figures)))

@@ -11,6 +11,7 @@ import av
 import numpy as np
 
 from ophora.errors import MediaError
+from ophora.files import temp_path
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,6 @@ class VideoInfo:
     frames: int
     duration: float
     codec: str
-
-
-def temp_path(path: Path) -> Path:
-    """A sibling name for writing `path` atomically; it never ends in the final suffix alone."""
-    return path.with_name(f".{path.stem}.partial{os.getpid()}{path.suffix}")
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float, qp: int = 18) -> Path:

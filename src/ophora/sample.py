@@ -7,7 +7,6 @@ its record `<clip id>/<n>.json`; rank 0 gathers the records into `manifest.csv` 
 
 from __future__ import annotations
 
-import csv
 import datetime
 import hashlib
 import json
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 from ophora import __version__
 from ophora.cfg_parallel import pair_groups, split_cfg_batch
 from ophora.errors import InputError, OphoraError
+from ophora.files import write_csv, write_json
 from ophora.gallery import write_gallery
 from ophora.media import write_video
 from ophora.models import load_pipeline, parse_dtype
@@ -175,13 +175,6 @@ def error_path(out: Path, job: Job) -> Path:
     return out / job.clip_id / f"{job.n}.error.json"
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-
-
 def is_done(out: Path, job: Job, config: SampleConfig) -> bool:
     """True when the job's video and record exist; raises if they were made with other settings."""
     video, record = video_path(out, job), record_path(out, job)
@@ -207,16 +200,6 @@ def collect_records(out: Path) -> list[dict]:
         if (out / record["path"]).is_file():
             records.append(record)
     return sorted(records, key=lambda r: (r["clip id"], r["n"]))
-
-
-def write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
-    tmp = path.with_name(f".{path.name}.partial{os.getpid()}")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
 
 
 def collect_failures(out: Path) -> list[dict]:
@@ -340,7 +323,7 @@ def run_job(pipe, config: SampleConfig, job: Job, device: str) -> dict:
         "size": f"{config.width}x{config.height}", "seconds": round(time.perf_counter() - start, 3),
         "path": f"{job.clip_id}/{job.n}.mp4", "settings": config.settings(), "ophora": __version__,
     }
-    _write_json(record_path(config.out, job), record)
+    write_json(record_path(config.out, job), record)
     error_path(config.out, job).unlink(missing_ok=True)
     return record
 
@@ -362,7 +345,7 @@ def sample(config: SampleConfig) -> SampleSummary:
     summary = SampleSummary(skipped=len(jobs) - len(todo))
     if ranks.rank == 0:
         config.out.mkdir(parents=True, exist_ok=True)
-        _write_json(config.out / "sample_config.json", {**asdict(config), "ophora": __version__,
+        write_json(config.out / "sample_config.json", {**asdict(config), "ophora": __version__,
                                                         "torch": torch.__version__, "world_size": ranks.world})
     barrier(ranks)  # every rank has decided what to do before any video is written
     if todo:
@@ -386,7 +369,7 @@ def sample(config: SampleConfig) -> SampleSummary:
                 summary.failed += 1
                 summary.failures.append((job.clip_id, job.n, reason))
                 if writes:
-                    _write_json(error_path(config.out, job), {"clip id": job.clip_id, "n": job.n, "error": reason})
+                    write_json(error_path(config.out, job), {"clip id": job.clip_id, "n": job.n, "error": reason})
                 log.error("video %s/%d failed: %s", job.clip_id, job.n, reason)
                 if device.startswith("cuda"):
                     torch.cuda.empty_cache()

@@ -8,7 +8,6 @@ keyed by a fingerprint of the source and the settings, so a killed run resumes w
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -35,7 +34,8 @@ from ophora.curate.refine import RefineConfig, make_refiner
 from ophora.curate.report import write_report
 from ophora.curate.segment import Span, clip_spans, sentence_spans
 from ophora.errors import ConfigError, InputError, MediaError, OphoraError
-from ophora.media import copy_segment, encode_segment, probe_video, temp_path, video_rotation
+from ophora.files import temp_path, write_csv, write_json, write_text
+from ophora.media import copy_segment, encode_segment, probe_video, video_rotation
 from ophora.subtitles import Cue, find_sidecar, normalize_cues, read_subtitles
 
 log = logging.getLogger(__name__)
@@ -322,25 +322,11 @@ def run_ray(jobs: list[SourceJob], config: CurateConfig):
 # ------------------------------------------------------------------------------------------- stage 5: outputs
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = temp_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _csv_text(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    writer.writerows([r["clip id"], r["instruction"]] for r in rows)
-    return buffer.getvalue()
-
-
 def write_outputs(rows: list[dict], skipped: list[dict], summary: dict, out: Path, examples_per_reason: int = 3) -> None:
     """instructions.csv, privacy_preserved.csv, manifest.parquet, skipped_sources.csv, summary.json, report.html."""
     kept = [r for r in rows if r["decision"] == "keep"]
-    _write_atomic(out / "instructions.csv", _csv_text(kept))
-    _write_atomic(out / "privacy_preserved.csv", _csv_text([r for r in kept if not r["privacy_reason"]]))
+    write_csv(out / "instructions.csv", CSV_COLUMNS, kept)
+    write_csv(out / "privacy_preserved.csv", CSV_COLUMNS, [r for r in kept if not r["privacy_reason"]])
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest["privacy_preserved"] = (manifest["decision"] == "keep") & (manifest["privacy_reason"] == "")
     tmp = temp_path(out / "manifest.parquet")
@@ -348,8 +334,8 @@ def write_outputs(rows: list[dict], skipped: list[dict], summary: dict, out: Pat
     os.replace(tmp, out / "manifest.parquet")
     buffer = io.StringIO()
     pd.DataFrame(skipped, columns=["source", "reason", "detail"]).to_csv(buffer, index=False)
-    _write_atomic(out / "skipped_sources.csv", buffer.getvalue())
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str))
+    write_text(out / "skipped_sources.csv", buffer.getvalue())
+    write_json(out / "summary.json", summary)
     write_report(manifest, skipped, summary, out, examples_per_reason)
 
 

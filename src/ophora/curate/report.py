@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ophora.media import temp_path
+from ophora.files import temp_path
 
 
 def _table(rows: list[tuple], header: tuple) -> str:

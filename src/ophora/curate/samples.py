@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ophora.files import write_json
 from ophora.media import VideoWriter
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,5 @@ def make_sample_videos(out: str | Path, fps: float = 15.0) -> Path:
     videos = sample_plan()
     for n, video in enumerate(videos):
         write_sample(video, out, fps, seed=10 * n)
-    tmp = out / f".ground_truth.json.partial{os.getpid()}"
-    tmp.write_text(json.dumps(ground_truth(videos), indent=1))
-    os.replace(tmp, out / "ground_truth.json")
+    write_json(out / "ground_truth.json", ground_truth(videos))
     return out

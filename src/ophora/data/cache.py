@@ -29,17 +29,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ophora.errors import InputError
+from ophora.files import temp_path, write_csv
 
 CACHE_FORMAT = 1
 INDEX_COLUMNS = ["clip id", "file", "instruction", "frames", "height", "width", "latent shape"]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file under a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _file_digest(path: Path, sample: int = 1 << 20) -> str:
@@ -71,7 +64,7 @@ def save_clip(cache: Path, clip_id: str, tensors: dict[str, torch.Tensor], metad
     """Write one clip's tensors atomically, with its metadata as JSON strings."""
     path = clip_file(cache, clip_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial{os.getpid()}")
+    tmp = temp_path(path)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
               metadata={k: json.dumps(v) for k, v in metadata.items()})
     os.replace(tmp, path)
@@ -131,10 +124,5 @@ def write_index(cache: Path) -> list[dict]:
         rows.append({"clip id": meta["clip id"], "file": f"clips/{path.name}", "instruction": meta["instruction"],
                      "frames": len(meta["frame_indices"]), "height": meta["size"][0], "width": meta["size"][1],
                      "latent shape": json.dumps(shapes["latent_mean"])})
-    tmp = cache / f".index.csv.partial{os.getpid()}"
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=INDEX_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, cache / "index.csv")
+    write_csv(cache / "index.csv", INDEX_COLUMNS, rows)
     return rows

@@ -19,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ophora import __version__
-from ophora.data.cache import CACHE_FORMAT, clip_file, encoder_fingerprint, save_clip, write_atomic, write_index
+from ophora.data.cache import CACHE_FORMAT, clip_file, encoder_fingerprint, save_clip, write_index
+from ophora.files import write_csv, write_text
 from ophora.data.dataset import read_pairs
 from ophora.data.frames import FrameSettings, decode_frames, to_vae_input
 from ophora.errors import InputError, OphoraError
@@ -90,7 +91,7 @@ def claim_cache(out: Path, settings: dict, rank: int, world: int) -> None:
         raise InputError(f"{out} is not empty and holds no latent cache; choose another --out")
     _barrier(world)
     if rank == 0 and not path.is_file():
-        write_atomic(path, json.dumps({"settings": settings}, indent=1))
+        write_text(path, json.dumps({"settings": settings}, indent=1))
     _barrier(world)
 
 
@@ -170,12 +171,7 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
 
 
 def _write_rejects(path: Path, rejects: list[tuple[str, str]]) -> None:
-    tmp = path.with_name(f"{path.name}.partial{os.getpid()}")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["clip id", "reason"])
-        writer.writerows(rejects)
-    os.replace(tmp, path)
+    write_csv(path, ["clip id", "reason"], rejects)
 
 
 def _finish(out: Path, config: PrepareConfig, settings: dict, folder: Path, world: int, scaling_factor: float) -> None:
@@ -195,7 +191,7 @@ def _finish(out: Path, config: PrepareConfig, settings: dict, folder: Path, worl
         "counts": {"clips": len(rows), "rejected": len(rejects)}, "csv": config.csv, "dataset": str(config.dataset),
         "versions": _versions(), "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_atomic(out / "cache.json", json.dumps(info, indent=1))
+    write_text(out / "cache.json", json.dumps(info, indent=1))
 
 
 def _versions() -> dict:

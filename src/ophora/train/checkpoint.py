@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ophora.data.cache import write_atomic
+from ophora.files import write_text
 from ophora.errors import ConfigError
 from ophora.train.config import TrainConfig
 
@@ -45,7 +45,7 @@ def claim_run(out: Path, config: TrainConfig) -> None:
 
 
 def write_run_record(out: Path, config: TrainConfig, extra: dict) -> None:
-    write_atomic(out / "run.json", json.dumps({"identity": config.identity(), "config": dataclasses.asdict(config),
+    write_text(out / "run.json", json.dumps({"identity": config.identity(), "config": dataclasses.asdict(config),
                                                **extra}, indent=1))
 
 
@@ -65,7 +65,7 @@ def save_checkpoint(accelerator, out: Path, state: TrainState, keep: int) -> Pat
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_atomic(tmp / "state.json", json.dumps(dataclasses.asdict(state)))
+        write_text(tmp / "state.json", json.dumps(dataclasses.asdict(state)))
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -91,4 +91,4 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Drop logged steps after `step` (they will be trained again after a resume)."""
     if path.is_file():
         lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        write_atomic(path, "".join(ln + "\n" for ln in lines))
+        write_text(path, "".join(ln + "\n" for ln in lines))
