@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ophora.curate.refine_llm import chat_completions_url, public_url
+from ophora.curate.refine_llm import chat_completions_url, public_url, request_headers
 from ophora.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -129,10 +128,7 @@ def vlm_flag(frames: list[np.ndarray], config: PrivacyConfig) -> float:
         {"type": "image_url", "image_url": {"url": _jpeg_data_url(f)}} for f in frames]
     body = json.dumps({"model": config.vlm_model, "temperature": 0, "max_tokens": 3,
                        "messages": [{"role": "user", "content": content}]}).encode()
-    headers = {"Content-Type": "application/json"}
-    key = os.environ.get("OPHORA_LLM_API_KEY")
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
+    headers = request_headers()
     url = chat_completions_url(config.vlm_url)
     error = "no attempt"
     for attempt in range(config.vlm_retries):

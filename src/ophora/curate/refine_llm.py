@@ -257,10 +257,7 @@ class OpenAIRefiner:
                 "max_tokens": self.config.max_tokens, "n": 1,
                 "messages": [{"role": "system", "content": self.prompt.text},
                              {"role": "user", "content": narration}]}
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if key := os.environ.get(API_KEY_ENV):
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers,
+        request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=request_headers(),
                                          method="POST")
         self._count("asked")
         try:
@@ -290,6 +287,14 @@ class OpenAIRefiner:
     def _count(self, name: str) -> None:
         with self._lock:
             self.counts[name] += 1
+
+
+def request_headers() -> dict[str, str]:
+    """JSON request headers, with the bearer key from OPHORA_LLM_API_KEY when it is set."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if key := os.environ.get(API_KEY_ENV):
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
 
 
 def _retry_after(value: str | None) -> float | None:
