@@ -71,14 +71,21 @@ class Runner:
         rec = {"command": shown, "rc": rc, "seconds": round(time.perf_counter() - t0, 2)}
         if rc != 0:
             rec["error"] = error_lines(err)
+            last = [line.strip() for line in rec["error"].splitlines() if "Error" in line or "error:" in line]
+            rec["error_line"] = last[-1] if last else rec["error"][-300:]
             log.warning("failed (rc %d): %s", rc, rec["error"][-500:])
         self.commands.append(rec)
         return rec
 
 
 def error_lines(stderr: str, keep: int = 25) -> str:
-    """The tail of a failed command's stderr, without tqdm progress lines."""
-    lines = [line for line in stderr.splitlines() if line.strip() and "it/s]" not in line and "s/it]" not in line]
+    """The tail of a failed command's stderr, without tqdm progress lines and without the launcher's own
+    traceback and failure summary (the ranks' errors come before them)."""
+    launcher = stderr.rfind("ChildFailedError")
+    if launcher > 0:
+        stderr = stderr[:stderr.rfind("Traceback (most recent call last)", 0, launcher)] or stderr
+    noise = ("it/s]", "s/it]", "torch/distributed/elastic")
+    lines = [line for line in stderr.splitlines() if line.strip() and not any(n in line for n in noise)]
     return "\n".join(lines[-keep:])
 
 
@@ -97,7 +104,7 @@ def accelerate(n: int, config_file: Path | None = None) -> list[str]:
            "--main_process_port", str(free_port())]
     if config_file is not None:
         cmd += ["--config_file", str(config_file)]
-    elif not torch.cuda.is_available():
+    else:
         cmd += ["--multi_gpu"]  # accelerate's multi-process (DDP) launcher; on a CPU it runs with gloo
     return cmd
 
@@ -145,6 +152,12 @@ def videos(folder: Path) -> dict[str, tuple[str, float]]:
         return {f"{r['clip id']}/{r['n']}.mp4": (r["seed"], float(r["seconds"])) for r in csv.DictReader(f)}
 
 
+def pixel_diff(a: Path, b: Path) -> int | None:
+    """Max abs difference of the decoded frames of two videos (None when their shapes differ)."""
+    x, y = read_video(a)[0], read_video(b)[0]
+    return int(np.abs(x.astype(int) - y.astype(int)).max()) if x.shape == y.shape else None
+
+
 def generation_rate(folder: Path, world: int) -> float:
     """Videos per second of generation alone: the slowest rank's summed per-video seconds (no start-up)."""
     seconds = {k: v[1] for k, v in videos(folder).items()}
@@ -175,6 +188,7 @@ def part_sample(work: Path, model: Path, a: argparse.Namespace, run: Runner) -> 
         res["same_seeds"] = {k: v[0] for k, v in one.items()} == {k: v[0] for k, v in two.items()}
         res["byte_identical_mp4s"] = f"{len(same_files)}/{len(one)}"
         res["identical"] = res["same_clip_ids"] and res["same_seeds"] and len(same_files) == len(one) == len(PROMPTS)
+        res["max_abs_pixel_diff"] = max(pixel_diff(outs[1] / k, outs[2] / k) for k in one if k in two)
         for n in (1, 2):
             res[f"videos_per_s_{n}_wall"] = len(PROMPTS) / runs[n]["seconds"]
             res[f"videos_per_s_{n}_generation"] = generation_rate(outs[n], n)
@@ -193,12 +207,9 @@ def part_sample(work: Path, model: Path, a: argparse.Namespace, run: Runner) -> 
     if all(r["rc"] == 0 for _, r in cfg.values()):
         (f1, _), (f2, _) = cfg.values()
         s1, s2 = (next(iter(videos(f).values()))[1] for f in (f1, f2))
-        v1, v2 = (read_video(next(f.glob("*/*.mp4")))[0] for f in (f1, f2))
         res["cfg_parallel"] = {"seconds_1_rank": s1, "seconds_2_ranks": s2, "speedup": s1 / s2,
                                "wall_speedup": cfg["1 rank"][1]["seconds"] / cfg["2 ranks cfg-parallel"][1]["seconds"],
-                               "same_shape": v1.shape == v2.shape,
-                               "max_abs_pixel_diff": int(np.abs(v1.astype(int) - v2.astype(int)).max())
-                               if v1.shape == v2.shape else None}
+                               "max_abs_pixel_diff": pixel_diff(*(next(f.glob("*/*.mp4")) for f in (f1, f2)))}
     else:
         res["cfg_parallel"] = "failed (see commands)"
     return res
@@ -252,7 +263,7 @@ def metrics(out: Path) -> dict:
     res = {"steps": [r["step"] for r in recs], "loss": [r["loss"] for r in recs]}
     scalars: dict[str, list] = {}
     for events in (out / "logs").rglob("events.out.tfevents*"):
-        acc = EventAccumulator(str(events.parent))
+        acc = EventAccumulator(str(events))  # one file at a time: a resumed run has several in one folder
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
             scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
@@ -310,8 +321,7 @@ def part_train(work: Path, model: Path, a: argparse.Namespace, run: Runner) -> d
     res: dict = {"size": f"{frames}x{height}x{width}", "steps": a.train_steps, "batch_per_process": a.batch}
     caches = {1: work / "cache-1", 2: work / "cache-2"}
     prepared = {}
-    for n, cache in caches.items():
-        shutil.rmtree(cache, ignore_errors=True)
+    for n, cache in caches.items():  # a rerun (another --only) resumes: finished clips are skipped
         launch = [PY, "-m", "ophora"] if n == 1 else [*torchrun(2), "-m", "ophora"]
         prepared[n] = run([*launch, *prep, "--out", str(cache)], one_gpu=n == 1)
     if prepared[1]["rc"] == 0 and prepared[2]["rc"] == 0:
@@ -323,49 +333,51 @@ def part_train(work: Path, model: Path, a: argparse.Namespace, run: Runner) -> d
 
     mixed = "no" if tiny else "bf16"
     common = ["tiny-tpt", f"model={model}", f"cache={cache}", f"steps={a.train_steps}", "validation_prompts=[]",
-              "export=false", "log_every=1", f"checkpoint_every={a.train_steps // 2}", "keep_checkpoints=1",
-              f"mixed_precision={mixed}", "learning_rate=1e-4", "gradient_checkpointing=false"]
+              "export=false", "log_every=1", f"checkpoint_every={a.train_steps}", "keep_checkpoints=1",
+              f'mixed_precision="{mixed}"', "learning_rate=1e-4", "gradient_checkpointing=false"]
     train = ["-m", "ophora", "train", *common]
     B = a.batch
     runs = {
-        "single_equivalent": ([PY, *train, f"batch_size={2 * B}", "strata=2"], True),
-        "one_gpu_batch_B": ([PY, *train, f"batch_size={B}"], True),
-        "ddp": ([*accelerate(2), *train, f"batch_size={B}"], False),
-        "fsdp_full_shard": ([*accelerate(2, fsdp_config(work / "fsdp.yaml", mixed)), *train, f"batch_size={B}"], False),
+        "single_equivalent": ([[PY, *train, f"batch_size={2 * B}", "strata=2"]], True),
+        "one_gpu_batch_B": ([[PY, *train, f"batch_size={B}"]], True),
+        "ddp": ([[*accelerate(2), *train, f"batch_size={B}"]], False),
+        "fsdp_full_shard": ([[*accelerate(2, fsdp_config(work / "fsdp.yaml", mixed)), *train, f"batch_size={B}"]], False),
     }
     has_deepspeed = importlib.util.find_spec("deepspeed") is not None
     if has_deepspeed:
         for stage in (2, 3):
             cfgfile = deepspeed_config(work, stage, mixed, B)
-            runs[f"deepspeed_zero{stage}"] = ([*accelerate(2, cfgfile), *train, f"batch_size={B}"], False)
+            runs[f"deepspeed_zero{stage}"] = ([[*accelerate(2, cfgfile), *train, f"batch_size={B}"]], False)
     else:
         res["deepspeed_zero2"] = res["deepspeed_zero3"] = "not installed"
 
+    # resume: DDP interrupted at half the steps, then the same command without the stop, to the end
+    ddp = [*accelerate(2), *train, f"batch_size={B}"]
+    runs["ddp_resumed"] = ([ddp + [f"stop_at_step={a.train_steps // 2}"], ddp], False)
+    only = set(a.only.split(",")) if a.only else set(runs)
     results = {}
-    for name, (cmd, one_gpu) in runs.items():
+    for name, (cmds, one_gpu) in runs.items():
         out = work / "train" / name
+        if name not in only:  # measured by an earlier command with the same --work
+            if (out / "metrics.jsonl").is_file():
+                results[name] = {**metrics(out), "from_earlier_command": True}
+            continue
         shutil.rmtree(out, ignore_errors=True)
-        r = run([*cmd, f"out={out}"], one_gpu=one_gpu)
-        results[name] = metrics(out) if r["rc"] == 0 else {"error": r.get("error", "")}
+        for cmd in cmds:
+            r = run([*cmd, f"out={out}"], one_gpu=one_gpu)
+            if r["rc"] != 0:
+                break
+        results[name] = metrics(out) if r["rc"] == 0 else {"error_line": r["error_line"], "error": r["error"]}
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # full-size optimizer states are tens of GB
 
-    # resume: DDP interrupted at half the steps, rerun without the stop to the end
-    out = work / "train" / "ddp_resumed"
-    shutil.rmtree(out, ignore_errors=True)
-    half = a.train_steps // 2
-    first = run([*accelerate(2), *train, f"batch_size={B}", f"out={out}", f"stop_at_step={half}"])
-    second = run([*accelerate(2), *train, f"batch_size={B}", f"out={out}"]) if first["rc"] == 0 else first
-    results["ddp_resumed"] = metrics(out) if second["rc"] == 0 else {"error": second.get("error", "")}
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-
-    ref = results["single_equivalent"].get("loss")
+    ref = results.get("single_equivalent", {}).get("loss")
+    base = results.get("one_gpu_batch_B", {}).get("samples_per_s")
     for name, m in results.items():
         if "loss" in m and ref and name != "one_gpu_batch_B":
             m["loss_max_rel_diff_vs_single_equivalent"] = max_rel_diff(m["loss"], ref)
-        if "samples_per_s" in m and "samples_per_s" in results["one_gpu_batch_B"] and name not in (
-                "single_equivalent", "one_gpu_batch_B"):
-            m["scaling_efficiency"] = m["samples_per_s"] / (2 * results["one_gpu_batch_B"]["samples_per_s"])
-    if "loss" in results["ddp_resumed"] and "loss" in results["ddp"]:
+        if "samples_per_s" in m and base and name not in ("single_equivalent", "one_gpu_batch_B", "ddp_resumed"):
+            m["scaling_efficiency"] = m["samples_per_s"] / (2 * base)
+    if "loss" in results.get("ddp_resumed", {}) and "loss" in results.get("ddp", {}):
         results["ddp_resumed"]["steps_complete"] = results["ddp_resumed"]["steps"] == list(range(1, a.train_steps + 1))
         results["ddp_resumed"]["loss_max_rel_diff_vs_uninterrupted_ddp"] = max_rel_diff(
             results["ddp_resumed"]["loss"], results["ddp"]["loss"])
@@ -389,9 +401,13 @@ def main() -> None:
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--train-steps", type=int, default=None, help="default 20; tiny 6")
+    p.add_argument("--only", default=None, help="train: run only these comma-separated runs (single_equivalent, "
+                   "one_gpu_batch_B, ddp, fsdp_full_shard, deepspeed_zero2, deepspeed_zero3, ddp_resumed); the others "
+                   "are read from an earlier command's --work")
     p.add_argument("--batch", type=int, default=None, help="batch per process B (default 2; tiny 1)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)
     tiny = a.tiny
     defaults = dict(steps=4, frames=9, height=64, width=64, train_steps=6, batch=1) if tiny else \
         dict(steps=10, frames=49, height=480, width=720, train_steps=20, batch=2)
