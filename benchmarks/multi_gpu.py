@@ -109,6 +109,20 @@ def accelerate(n: int, config_file: Path | None = None) -> list[str]:
     return cmd
 
 
+def module_versions() -> dict:
+    """Versions of the packages the CLI runs need here ('missing' when not importable): a GPU machine without
+    network may lack some (see README: GPU benchmarks)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "diffusers", "transformers", "accelerate", "tensorboard", "sentencepiece", "av", "deepspeed"):
+        try:
+            found[name] = version(name) if importlib.util.find_spec(name) else "missing"
+        except PackageNotFoundError:
+            found[name] = "installed (no version)"
+    return found
+
+
 # ------------------------------------------------------------------------------------------- model
 
 
@@ -130,6 +144,8 @@ def build_2b_model(folder: Path) -> None:
                              scheduler=CogVideoXDDIMScheduler(**SCHEDULER_CONFIG))
     pipe.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     (folder / "ophora_tiny.json").write_text(json.dumps({"size": "CogVideoX-2b", "note": "random weights"}))
+    del pipe, text_encoder, transformer, vae
+    torch.cuda.empty_cache()  # this process stays alive while the CLI runs use the GPUs
 
 
 def ensure_model(work: Path, tiny: bool, run: Runner) -> tuple[Path, dict]:
@@ -419,12 +435,13 @@ def main() -> None:
         raise SystemExit(f"needs 2+ CUDA GPUs, found {gpus} (use --tiny on a CPU)")
     work = Path(a.work or f"/tmp/ophora-multi-gpu{'-tiny' if tiny else ''}")
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     if tiny:
         env["OMP_NUM_THREADS"] = "1"  # equal float reduction order in 1 and 2 processes; 2 shared cores
     run = Runner(env)
     res = {"device": [torch.cuda.get_device_name(i) for i in range(gpus)] if gpus else "cpu (gloo)",
-           "tiny": tiny, "torch": torch.__version__,
+           "tiny": tiny, "packages": module_versions(),
            "invocation": " ".join(["python", "benchmarks/multi_gpu.py", *sys.argv[1:]])}
     t0 = time.perf_counter()
     model, res["model"] = ensure_model(work, tiny, run)
