@@ -249,6 +249,8 @@ def train(config: TrainConfig) -> Path:
         samples += global_batch * config.grad_accum
 
         loss_value = torch.stack(losses).mean().item()
+        line = {"step": step, "loss": loss_value, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                "skipped": not finite}
         if step % config.log_every == 0 or step == last or not finite:
             now = time.perf_counter()
             record = {"step": step, "loss": loss_value, "lr": lr_scheduler.get_last_lr()[0],
@@ -257,11 +259,11 @@ def train(config: TrainConfig) -> Path:
             if torch.cuda.is_available():
                 record["memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             accelerator.log({k: v for k, v in record.items() if k != "step" and math.isfinite(v)}, step=step)
+            line.update({k: record[k] for k in ("samples_per_s", "memory_gib") if k in record})
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}")
         if accelerator.is_main_process:
             with (out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr_scheduler.get_last_lr()[0],
-                                    "grad_norm": float(grad_norm), "skipped": not finite}) + "\n")
+                f.write(json.dumps(line) + "\n")
         if step % config.checkpoint_every == 0 or step == last:
             save_checkpoint(accelerator, out, state, config.keep_checkpoints)
         if config.validation_prompts and (step == config.steps or (config.validate_every and step % config.validate_every == 0)):
