@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ophora.media import read_video, write_video  # noqa: E402
-from ophora.models import SCHEDULER_CONFIG, TOKENIZER_CORPUS, train_tiny_tokenizer  # noqa: E402
+from ophora.models import TOKENIZER_CORPUS, make_tiny_model  # noqa: E402
 from ophora.sample import plan_jobs, shard  # noqa: E402
 
 log = logging.getLogger("multi_gpu")
@@ -127,24 +127,8 @@ def module_versions() -> dict:
 
 
 def build_2b_model(folder: Path) -> None:
-    """A random pipeline at CogVideoX-2b size (diffusers' default transformer and VAE configs) in bf16, with the
-    tiny sentencepiece tokenizer and a one-layer T5 of T5-XXL's width (4096, the transformer's text width)."""
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
-    from transformers import T5Config, T5EncoderModel, T5Tokenizer
-
-    torch.manual_seed(0)
-    train_tiny_tokenizer(folder / "tokenizer")
-    tokenizer = T5Tokenizer.from_pretrained(folder / "tokenizer")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):  # random init of 1.7B parameters is much faster on the GPU
-        text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=4096, d_kv=64, d_ff=8192, num_layers=1,
-                                               num_heads=2, feed_forward_proj="gated-gelu", is_encoder_decoder=False))
-        transformer, vae = CogVideoXTransformer3DModel(), AutoencoderKLCogVideoX()
-    pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                             scheduler=CogVideoXDDIMScheduler(**SCHEDULER_CONFIG))
-    pipe.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
-    (folder / "ophora_tiny.json").write_text(json.dumps({"size": "CogVideoX-2b", "note": "random weights"}))
-    del pipe, text_encoder, transformer, vae
+    """A random pipeline at CogVideoX-2b size in bf16 (`make_tiny_model(size="2b")`), initialised on the GPU."""
+    make_tiny_model(folder, size="2b", dtype=torch.bfloat16, device="cuda" if torch.cuda.is_available() else "cpu")
     torch.cuda.empty_cache()  # this process stays alive while the CLI runs use the GPUs
 
 

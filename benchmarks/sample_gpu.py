@@ -27,34 +27,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ophora.models import SCHEDULER_CONFIG, make_scheduler, train_tiny_tokenizer  # noqa: E402
+from ophora.models import random_pipeline, train_tiny_tokenizer  # noqa: E402
 from ophora.sample import SampleConfig, configure_pipeline, generate, plan_jobs, to_uint8  # noqa: E402
 from ophora.media import write_video  # noqa: E402
 
 
 def build_pipeline(tiny: bool, device: str, dtype: torch.dtype):
-    """A CogVideoX-2b-size pipeline with random weights and a one-layer T5 of T5-XXL's width."""
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel
-    from transformers import T5Config, T5EncoderModel, T5Tokenizer
-
-    torch.manual_seed(0)
-    if tiny:
-        tcfg = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, text_embed_dim=32, time_embed_dim=32)
-        vcfg = dict(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, layers_per_block=1)
-        d_model = 32
-    else:
-        tcfg, vcfg, d_model = {}, {}, 4096
+    """A random pipeline at CogVideoX-2b size (or tiny), with a one-layer T5 of T5-XXL's width: T5-XXL
+    encodes two prompts in milliseconds, and one layer of its width keeps the embedding shape exact."""
     folder = Path(tempfile.mkdtemp()) / "tokenizer"
     train_tiny_tokenizer(folder)
-    tokenizer = T5Tokenizer.from_pretrained(folder)
-    # T5-XXL encodes two prompts in milliseconds; one layer of its width keeps the embedding shape exact.
-    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=64, d_ff=2 * d_model,
-                                           num_layers=1, num_heads=2, feed_forward_proj="gated-gelu"))
-    pipe = CogVideoXPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=AutoencoderKLCogVideoX(**vcfg),
-        transformer=CogVideoXTransformer3DModel(**tcfg), scheduler=make_scheduler("dpm", SCHEDULER_CONFIG),
-    )
-    return pipe.to(device, dtype)
+    return random_pipeline("tiny" if tiny else "2b", folder, device=device).to(device, dtype)
 
 
 def sync(device: str) -> None:

@@ -32,8 +32,9 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 def _tiny_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="folder to write the pipeline into")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", choices=["tiny", "small"], default="tiny",
-                   help="tiny: seconds on a CPU; small: a moderate model for learning checks")
+    p.add_argument("--size", choices=["tiny", "small", "2b"], default="tiny",
+                   help="tiny: seconds on a CPU; small: a moderate model for learning checks; "
+                        "2b: the published CogVideoX-2b size, for benchmarks (about 7 GB)")
 
 
 @command("make-tiny-model", "write a random CogVideoX pipeline (diffusers layout) for tests and the demo", _tiny_args)

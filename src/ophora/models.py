@@ -160,43 +160,58 @@ def train_tiny_tokenizer(folder: Path, vocab_size: int = 256) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def make_tiny_model(folder: str | Path, seed: int = 0, size: str = "tiny") -> Path:
-    """Write a randomly initialised CogVideoX pipeline in the diffusers on-disk layout.
+# Random model sizes: transformer, VAE and T5 settings. "2b" is the published CogVideoX-2b transformer and VAE
+# (diffusers' defaults) with a one-layer T5 of T5-XXL's width, for benchmarks: speed does not depend on weights.
+SIZES = {
+    "tiny": dict(transformer=dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, text_embed_dim=32,
+                                  time_embed_dim=32),
+                 vae=dict(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, layers_per_block=1),
+                 t5=dict(d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2, relative_attention_num_buckets=8)),
+    "small": dict(transformer=dict(num_attention_heads=4, attention_head_dim=32, num_layers=4, text_embed_dim=64,
+                                   time_embed_dim=128),
+                  vae=dict(block_out_channels=(32, 32, 64, 64), norm_num_groups=8, layers_per_block=1),
+                  t5=dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=2, relative_attention_num_buckets=8)),
+    "2b": dict(transformer={}, vae={}, t5=dict(d_model=4096, d_kv=64, d_ff=8192, num_layers=1, num_heads=2)),
+}
 
-    `size="tiny"` samples 9 frames at 64x64 in seconds on a CPU. The text encoder keeps T5's 226-token
-    context so prompts are handled exactly as by CogVideoX-2b. The weights are random: outputs are noise.
-    """
+
+def random_pipeline(size: str, tokenizer_dir: Path, seed: int = 0, device: str = "cpu"):
+    """A randomly initialised CogVideoX pipeline of `size` (see SIZES) around the tokenizer in `tokenizer_dir`."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-    sizes = {
-        "tiny": dict(heads=2, head_dim=16, layers=2, text_dim=32, vae=(8, 8, 8, 8), groups=4, t5_layers=2),
-        "small": dict(heads=4, head_dim=32, layers=4, text_dim=64, vae=(32, 32, 64, 64), groups=8, t5_layers=2),
-    }
-    if size not in sizes:
-        raise ModelError(f"size must be one of {', '.join(sizes)}, got {size!r}")
-    s = sizes[size]
+    if size not in SIZES:
+        raise ModelError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    s = SIZES[size]
+    tokenizer = T5Tokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    with torch.device(device):  # random init of 1.7B parameters is much faster on a GPU
+        text_encoder = T5EncoderModel(T5Config(
+            vocab_size=len(tokenizer), feed_forward_proj="gated-gelu", is_encoder_decoder=False, pad_token_id=0,
+            eos_token_id=1, decoder_start_token_id=0, **s["t5"]))
+        # sample size and text length as CogVideoX-2b: 49 frames at 480x720, 226 tokens
+        transformer = CogVideoXTransformer3DModel(sample_width=90, sample_height=60, sample_frames=49,
+                                                  max_text_seq_length=226, **s["transformer"])
+        vae = AutoencoderKLCogVideoX(latent_channels=16, **s["vae"])
+    return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                             scheduler=CogVideoXDDIMScheduler(**SCHEDULER_CONFIG))
+
+
+def make_tiny_model(folder: str | Path, seed: int = 0, size: str = "tiny", dtype: torch.dtype = torch.float32,
+                    device: str = "cpu") -> Path:
+    """Write a randomly initialised CogVideoX pipeline in the diffusers on-disk layout.
+
+    `size="tiny"` samples 9 frames at 64x64 in seconds on a CPU; "small" is a moderate model for learning
+    checks; "2b" has the published CogVideoX-2b size, for benchmarks. The text encoder keeps T5's 226-token
+    context so prompts are handled exactly as by CogVideoX-2b. The weights are random: outputs are noise.
+    """
+    if size not in SIZES:
+        raise ModelError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
     train_tiny_tokenizer(folder / "tokenizer")
-    tokenizer = T5Tokenizer.from_pretrained(folder / "tokenizer")
-    text_encoder = T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer), d_model=s["text_dim"], d_kv=16, d_ff=2 * s["text_dim"],
-        num_layers=s["t5_layers"], num_heads=2, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
-        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    ))
-    transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=s["heads"], attention_head_dim=s["head_dim"], num_layers=s["layers"],
-        text_embed_dim=s["text_dim"], time_embed_dim=s["heads"] * s["head_dim"],
-        sample_width=90, sample_height=60, sample_frames=49, max_text_seq_length=226,
-    )
-    vae = AutoencoderKLCogVideoX(block_out_channels=s["vae"], norm_num_groups=s["groups"], layers_per_block=1, latent_channels=16)
-    pipe = CogVideoXPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-        scheduler=CogVideoXDDIMScheduler(**SCHEDULER_CONFIG),
-    )
-    pipe.save_pretrained(folder, safe_serialization=True)
+    pipe = random_pipeline(size, folder / "tokenizer", seed, device)
+    pipe.to(dtype).save_pretrained(folder, safe_serialization=True)
     (folder / "ophora_tiny.json").write_text(json.dumps({"size": size, "seed": seed, "note": "random weights"}))
     log.info("wrote a %s random CogVideoX pipeline to %s", size, folder)
     return folder
