@@ -7,11 +7,9 @@ its record `<clip id>/<n>.json`; rank 0 gathers the records into `manifest.csv` 
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from ophora.files import write_csv, write_json
 from ophora.gallery import write_gallery
 from ophora.media import write_video
 from ophora.models import load_pipeline, parse_dtype
+from ophora.ranks import Ranks, barrier, init_ranks
 from ophora.tables import read_id_text_rows, read_text_file
 
 log = logging.getLogger(__name__)
@@ -211,38 +210,6 @@ def collect_failures(out: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------------- ranks
 
 
-@dataclass(frozen=True)
-class Ranks:
-    rank: int
-    world: int
-    local_rank: int
-
-
-def init_ranks(cfg_parallel: bool = False) -> Ranks:
-    """Read torchrun's environment and join the process group.
-
-    Plain sharding needs the group only for barriers (gloo). CFG parallelism exchanges GPU tensors every
-    step, so on GPUs it adds NCCL for CUDA tensors.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if cfg_parallel and world % 2:
-        raise InputError(f"--cfg-parallel pairs ranks and needs an even number of them, got {world}")
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "gloo"
-        if cfg_parallel and torch.cuda.is_available():
-            torch.cuda.set_device(local_rank % torch.cuda.device_count())
-            backend = "cpu:gloo,cuda:nccl"
-        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=48))
-    return Ranks(rank, world, local_rank)
-
-
-def barrier(ranks: Ranks) -> None:
-    if ranks.world > 1:
-        torch.distributed.barrier()
-
-
 def pick_device(config: SampleConfig, ranks: Ranks) -> str:
     if config.device:
         return config.device
@@ -333,7 +300,9 @@ def sample(config: SampleConfig) -> SampleSummary:
     check_settings(config)
     prompts = read_prompts(config)
     config.out = Path(config.out)
-    ranks = init_ranks(config.cfg_parallel)
+    ranks = init_ranks(cuda_collectives=config.cfg_parallel)
+    if config.cfg_parallel and ranks.world % 2:
+        raise InputError(f"--cfg-parallel pairs ranks and needs an even number of them, got {ranks.world}")
     all_jobs = plan_jobs(prompts, config.videos_per_prompt, config.seed)
     if config.cfg_parallel:  # rank pairs share each video; the pair's first rank decodes and writes it
         groups = pair_groups(ranks.world) if ranks.world > 1 else []
@@ -347,7 +316,7 @@ def sample(config: SampleConfig) -> SampleSummary:
         config.out.mkdir(parents=True, exist_ok=True)
         write_json(config.out / "sample_config.json", {**asdict(config), "ophora": __version__,
                                                         "torch": torch.__version__, "world_size": ranks.world})
-    barrier(ranks)  # every rank has decided what to do before any video is written
+    barrier()  # every rank has decided what to do before any video is written
     if todo:
         device = pick_device(config, ranks)
         pipe = prepare_pipeline(config, device)
@@ -376,7 +345,7 @@ def sample(config: SampleConfig) -> SampleSummary:
                 continue
             summary.made += 1
             summary.seconds += seconds
-    barrier(ranks)
+    barrier()
     if ranks.rank == 0:
         records = collect_records(config.out)
         write_csv(config.out / "manifest.csv", MANIFEST_COLUMNS, records)

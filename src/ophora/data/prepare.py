@@ -11,8 +11,7 @@ import csv
 import datetime
 import json
 import logging
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from ophora import __version__
 from ophora.data.cache import CACHE_FORMAT, clip_file, encoder_fingerprint, save_clip, write_index
 from ophora.files import write_csv, write_text
+from ophora.ranks import barrier, init_ranks
 from ophora.data.dataset import read_pairs
 from ophora.data.frames import FrameSettings, decode_frames, to_vae_input
 from ophora.errors import InputError, OphoraError
@@ -61,16 +61,6 @@ class PrepareSummary:
     rejects: list[tuple[str, str]] = field(default_factory=list)
 
 
-def dist_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) when run alone."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        torch.distributed.barrier()
-
-
 def cache_settings(config: PrepareConfig, fingerprint: str, dtype: torch.dtype) -> dict:
     """What the cache's content depends on: two runs may share a cache only if these agree."""
     settings = {"encoder_fingerprint": fingerprint, "frames": asdict(config.frames),
@@ -78,7 +68,7 @@ def cache_settings(config: PrepareConfig, fingerprint: str, dtype: torch.dtype) 
     return json.loads(json.dumps(settings))  # tuples become lists, as when read back from prepare.json
 
 
-def claim_cache(out: Path, settings: dict, rank: int, world: int) -> None:
+def claim_cache(out: Path, settings: dict, rank: int) -> None:
     """Record the settings in a new cache, or check that an existing cache was made with the same ones."""
     path = out / "prepare.json"
     if path.is_file():
@@ -89,10 +79,10 @@ def claim_cache(out: Path, settings: dict, rank: int, world: int) -> None:
                              "use another --out or delete it")
     elif out.exists() and any(out.iterdir()):
         raise InputError(f"{out} is not empty and holds no latent cache; choose another --out")
-    _barrier(world)
+    barrier()
     if rank == 0 and not path.is_file():
         write_text(path, json.dumps({"settings": settings}, indent=1))
-    _barrier(world)
+    barrier()
 
 
 def encode_prompt(tokenizer, text_encoder, text: str, device: str) -> torch.Tensor:
@@ -126,16 +116,12 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     config.frames.check()
     pairs = read_pairs(config.dataset, config.csv)
     folder = resolve_model(config.model, ENCODER_PARTS)
-    rank, world, local_rank = dist_env()
-    if world > 1 and not torch.distributed.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world, local_rank = astuple(init_ranks())
     device = config.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     dtype = parse_dtype(config.dtype, device)
     out = Path(config.out)
     settings = cache_settings(config, encoder_fingerprint(folder), dtype)
-    claim_cache(out, settings, rank, world)
+    claim_cache(out, settings, rank)
 
     tokenizer, text_encoder, vae = load_encoders(folder, device, dtype)
     if config.vae_tiling:
@@ -162,10 +148,10 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
         summary.made += 1
     summary.rejected = len(summary.rejects)
     _write_rejects(out / f".rejects-rank{rank}.csv", summary.rejects)
-    _barrier(world)
+    barrier()
     if rank == 0:
         _finish(out, config, settings, folder, world, vae.config.scaling_factor)
-    _barrier(world)
+    barrier()
     log.info("rank %d: %d clips encoded, %d already done, %d rejected", rank, summary.made, summary.skipped, summary.rejected)
     return summary
 
