@@ -10,6 +10,7 @@ import torch
 
 from ophora.media import write_video
 from ophora.models import make_scheduler
+from ophora.sample import to_uint8
 from ophora.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Validator:
                                   width=config.validation_width, num_inference_steps=config.validation_steps,
                                   guidance_scale=config.validation_guidance, use_dynamic_cfg=True,
                                   generator=generator, output_type="np").frames[0]
-            frames = (np.clip(video, 0, 1) * 255).round().astype(np.uint8)
+            frames = to_uint8(video)
             path = write_video(out / f"{i}.mp4", frames, fps=8)
             results.append((path, frames[len(frames) // 2]))
         self.pipe.transformer.train()
