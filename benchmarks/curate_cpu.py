@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import av  # noqa: E402
 
 from ophora.curate.pipeline import CurateConfig, curate  # noqa: E402
-from ophora.curate.samples import SampleVideo, Segment, write_sample  # noqa: E402
+from ophora.synthetic.narrated_videos import SampleVideo, Segment, write_sample  # noqa: E402
 
 PHRASES = [
     "The keratome enters the anterior chamber at the temporal limbus.",

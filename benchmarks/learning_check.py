@@ -1,7 +1,7 @@
 """Learning check: does the trainer learn, and does the sampler then reproduce what was learned?
 
 Prepares the real Cataract-1K clips in ../shared/data/real/cataract1k_clips (each with its own instruction)
-with a randomly initialised CogVideoX pipeline (`make_tiny_model(size=...)`), trains on them with the ophora
+with a randomly initialised CogVideoX pipeline (`make_random_model(size=...)`), trains on them with the ophora
 trainer, and reports (1) the loss falling and (2) the relative error between latents sampled from each
 clip's instruction and that clip's training latents, before and after training. Writes learning_check.json
 and learning_check.png (loss curve) to --out (default $OUT). Runs on the CPU at toy scale in a few minutes.
@@ -25,9 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ophora.data.cache import load_clip, read_cache_info, read_index  # noqa: E402
-from ophora.data.prepare import PrepareConfig, prepare  # noqa: E402
-from ophora.models import load_pipeline, make_tiny_model  # noqa: E402
+from ophora.core.latent_cache import load_clip, read_cache_info, read_index  # noqa: E402
+from ophora.prepare.run import PrepareConfig, prepare  # noqa: E402
+from ophora.core.models import load_pipeline  # noqa: E402
+from ophora.synthetic.random_pipeline import make_random_model  # noqa: E402
 from ophora.train.config import TrainConfig  # noqa: E402
 from ophora.train.trainer import train  # noqa: E402
 
@@ -90,7 +91,7 @@ def plot_loss(losses: list[float], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", "."))
-    p.add_argument("--size", choices=["tiny", "small"], default="small", help="random model size (make_tiny_model)")
+    p.add_argument("--size", choices=["tiny", "small"], default="small", help="random model size (make_random_model)")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--height", type=int, default=96)
@@ -109,7 +110,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = make_tiny_model(tmp / "model", size=a.size)
+        model = make_random_model(tmp / "model", size=a.size)
         dataset = write_dataset(tmp / "dataset", clips)
         cache = tmp / "cache"
         t0 = time.perf_counter()

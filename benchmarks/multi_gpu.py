@@ -40,9 +40,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ophora.media import read_video, write_video  # noqa: E402
-from ophora.models import TOKENIZER_CORPUS, make_tiny_model  # noqa: E402
-from ophora.sample import plan_jobs, shard  # noqa: E402
+from ophora.core.media import read_video, write_video  # noqa: E402
+from ophora.synthetic.random_pipeline import TOKENIZER_CORPUS, make_random_model  # noqa: E402
+from ophora.sample.jobs import plan_jobs, shard  # noqa: E402
 
 log = logging.getLogger("multi_gpu")
 PY = sys.executable
@@ -127,8 +127,8 @@ def module_versions() -> dict:
 
 
 def build_2b_model(folder: Path) -> None:
-    """A random pipeline at CogVideoX-2b size in bf16 (`make_tiny_model(size="2b")`), initialised on the GPU."""
-    make_tiny_model(folder, size="2b", dtype=torch.bfloat16, device="cuda" if torch.cuda.is_available() else "cpu")
+    """A random pipeline at CogVideoX-2b size in bf16 (`make_random_model(size="2b")`), initialised on the GPU."""
+    make_random_model(folder, size="2b", dtype=torch.bfloat16, device="cuda" if torch.cuda.is_available() else "cpu")
     torch.cuda.empty_cache()  # this process stays alive while the CLI runs use the GPUs
 
 

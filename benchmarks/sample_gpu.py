@@ -27,16 +27,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ophora.models import random_pipeline, train_tiny_tokenizer  # noqa: E402
-from ophora.sample import SampleConfig, configure_pipeline, generate, plan_jobs, to_uint8  # noqa: E402
-from ophora.media import write_video  # noqa: E402
+from ophora.synthetic.random_pipeline import random_pipeline, train_tokenizer  # noqa: E402
+from ophora.core.media import to_uint8  # noqa: E402
+from ophora.sample.config import SampleConfig  # noqa: E402
+from ophora.sample.generate import configure_pipeline, generate  # noqa: E402
+from ophora.sample.jobs import plan_jobs  # noqa: E402
+from ophora.core.media import write_video  # noqa: E402
 
 
 def build_pipeline(tiny: bool, device: str, dtype: torch.dtype):
     """A random pipeline at CogVideoX-2b size (or tiny), with a one-layer T5 of T5-XXL's width: T5-XXL
     encodes two prompts in milliseconds, and one layer of its width keeps the embedding shape exact."""
     folder = Path(tempfile.mkdtemp()) / "tokenizer"
-    train_tiny_tokenizer(folder)
+    train_tokenizer(folder)
     return random_pipeline("tiny" if tiny else "2b", folder, device=device).to(device, dtype)
 
 

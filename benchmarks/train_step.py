@@ -103,7 +103,7 @@ def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int
     from accelerate import Accelerator
     from diffusers import CogVideoXDDIMScheduler
 
-    from ophora.models import SCHEDULER_CONFIG
+    from ophora.synthetic.random_pipeline import SCHEDULER_CONFIG
 
     name = (f"ours ckpt={'all' if checkpoint_blocks is None else checkpoint_blocks} selective={int(selective)} "
             f"compile={int(compile_blocks)} batch={batch}")

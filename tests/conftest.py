@@ -13,9 +13,9 @@ REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "re
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random CogVideoX pipeline in the diffusers layout (written once per session)."""
-    from ophora.models import make_tiny_model
+    from ophora.synthetic.random_pipeline import make_random_model
 
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    return make_random_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture(scope="session")

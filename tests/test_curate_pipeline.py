@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 
 from ophora.curate.pipeline import CurateConfig, curate
-from ophora.curate.samples import EyeScene, make_sample_videos
-from ophora.media import VideoWriter, read_video
+from ophora.synthetic.narrated_videos import EyeScene, make_sample_videos
+from ophora.core.media import VideoWriter, read_video
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from ophora.curate.pipeline import CurateConfig, curate
-from ophora.curate.privacy import PrivacyConfig, overlay_score, privacy_reason, privacy_scores, vlm_flag
-from ophora.errors import ModelError
-from ophora.media import VideoWriter, read_video
+from ophora.core.privacy import PrivacyConfig, overlay_score, privacy_reason, privacy_scores, vlm_flag
+from ophora.core.errors import EndpointError
+from ophora.core.media import VideoWriter, read_video
 
 
 def _upscaled(src, dst, draw=None) -> float:
@@ -128,7 +128,7 @@ def test_vlm_backend_answers_errors_timeouts_and_garbage(chat_server, monkeypatc
     assert body["model"] == "qwen-vl" and auth == "Bearer sk-test"
     assert [c["type"] for c in body["messages"][0]["content"]] == ["text", "image_url", "image_url"]
     _Chat.answers = ["500", "garbage", "maybe", "no"]
-    with pytest.raises(ModelError, match="failed after 3 tries"):
+    with pytest.raises(EndpointError, match="failed after 3 tries"):
         vlm_flag(frames, config)
     _Chat.answers = ["sleep", "No"]
     assert vlm_flag(frames, config) == 0.0

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ophora.curate.pipeline import CurateConfig, curate
-from ophora.curate.samples import make_sample_videos
+from ophora.synthetic.narrated_videos import make_sample_videos
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the extra ophora[ray]")
 

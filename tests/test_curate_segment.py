@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ophora.curate.segment import Span, clip_spans, sentence_spans
-from ophora.subtitles import Cue
+from ophora.curate.subtitles import Cue
 
 
 def test_cues_join_until_a_sentence_ends_or_a_pause():

@@ -8,7 +8,7 @@ import numpy as np
 from safetensors.torch import load_file
 
 from ophora import cli
-from ophora.media import read_video
+from ophora.core.media import read_video
 
 
 def test_demo_runs_the_whole_path_and_resumes(tmp_path, capsys):

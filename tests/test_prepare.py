@@ -16,11 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from ophora.cli import main
-from ophora.data.cache import read_clip_header
-from ophora.data.frames import FrameSettings, choose_bucket, frame_indices
-from ophora.data.prepare import PrepareConfig, prepare
-from ophora.errors import InputError, MediaError, ModelError
-from ophora.media import read_video, write_video
+from ophora.core.latent_cache import read_clip_header
+from ophora.prepare.frames import FrameSettings, choose_bucket, frame_indices
+from ophora.prepare.run import PrepareConfig, prepare
+from ophora.core.errors import InputError, MediaError, ModelError
+from ophora.core.media import read_video, write_video
 
 INSTRUCTIONS = {
     "case1_0": "Create the main incision with a keratome at the temporal limbus.",

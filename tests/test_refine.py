@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from ophora.curate.refine import RefineConfig, add_refine_arguments, make_refiner, refine_config_from_args
-from ophora.curate.refine_llm import API_KEY_ENV, LLMAnswerError, LLMRequestError, load_prompt
+from ophora.core.config import add_options, from_args
+from ophora.curate.refine import RefineConfig, make_refiner
+from ophora.core.endpoint import API_KEY_ENV
+from ophora.core.errors import EndpointError
+from ophora.curate.refine_llm import LLMAnswerError, load_prompt
 from ophora.curate.refine_rules import action_base, refine_narration, verb_form
-from ophora.errors import ConfigError, InputError, OphoraError
+from ophora.core.errors import ConfigError, InputError, OphoraError
 
 # ---------------------------------------------------------------------------------------------- rules backend
 
@@ -413,7 +416,7 @@ def test_openai_timeout_is_retried_then_reported(server):
     server.script = {"slow once": [hang, "Chop the nucleus."], "hangs": [hang]}
     refiner = make_refiner(_llm(server, timeout=0.2, retries=1))
     assert refiner.refine(["slow once"]) == ["Chop the nucleus."]
-    with pytest.raises(LLMRequestError, match=r"no answer after 2 attempts \(timed out after 0.2 s\)"):
+    with pytest.raises(EndpointError, match=r"no answer after 2 attempts \(timed out after 0.2 s\)"):
         refiner.refine(["hangs"])
 
 
@@ -424,7 +427,7 @@ def test_openai_timeout_is_retried_then_reported(server):
 ])
 def test_openai_gives_up_after_retries_with_a_clear_error(server, failure, reason):
     server.script = {"n": [failure]}
-    with pytest.raises(LLMRequestError) as caught:
+    with pytest.raises(EndpointError) as caught:
         make_refiner(_llm(server, retries=2)).refine(["n"])
     assert isinstance(caught.value, OphoraError)
     assert reason in str(caught.value) and "after 3 attempts" in str(caught.value)
@@ -433,7 +436,7 @@ def test_openai_gives_up_after_retries_with_a_clear_error(server, failure, reaso
 
 def test_openai_client_errors_are_not_retried(server):
     server.script = {"n": [{"status": 404, "body": '{"error": "model qwen-test not found"}'}]}
-    with pytest.raises(LLMRequestError, match="HTTP 404.*--llm-model 'qwen-test'.*not found"):
+    with pytest.raises(EndpointError, match="HTTP 404.*--llm-model 'qwen-test'.*not found"):
         make_refiner(_llm(server)).refine(["n"])
     assert len(server.requests) == 1
 
@@ -442,7 +445,7 @@ def test_openai_wrong_key_is_reported_without_the_key(server, monkeypatch, caplo
     wrong = "sk-wrong-secret-42"
     monkeypatch.setenv(API_KEY_ENV, wrong)
     caplog.set_level(logging.DEBUG)
-    with pytest.raises(LLMRequestError, match=f"HTTP 401.*{API_KEY_ENV}") as caught:
+    with pytest.raises(EndpointError, match=f"HTTP 401.*{API_KEY_ENV}") as caught:
         make_refiner(_llm(server)).refine(["n"])
     assert server.requests[0]["auth"] == f"Bearer {wrong}" and len(server.requests) == 1
     assert wrong not in str(caught.value) and wrong not in caplog.text
@@ -538,11 +541,12 @@ def test_config_mistakes_are_caught_up_front(settings, message):
 
 def test_cli_helpers_build_the_config(tmp_path):
     parser = argparse.ArgumentParser()
-    add_refine_arguments(parser)
-    assert refine_config_from_args(parser.parse_args([])) == RefineConfig()
+    add_options(parser, RefineConfig)
+    assert from_args(RefineConfig, parser.parse_args([])) == RefineConfig()
     args = parser.parse_args(["--refiner", "openai", "--llm-url", "http://h:8000/v1", "--llm-model", "Qwen2.5-72B",
-                              "--llm-concurrency", "16", "--llm-timeout", "30", "--llm-on-invalid", "error"])
-    config = refine_config_from_args(args, default_cache_dir=tmp_path / "refine_cache")
+                              "--llm-concurrency", "16", "--llm-timeout", "30", "--llm-on-invalid", "error",
+                              "--llm-cache", str(tmp_path / "refine_cache")])
+    config = from_args(RefineConfig, args)
     assert (config.backend, config.url, config.model, config.concurrency, config.timeout, config.on_invalid) == (
         "openai", "http://h:8000/v1", "Qwen2.5-72B", 16, 30.0, "error")
     assert config.cache_dir == tmp_path / "refine_cache"
@@ -584,6 +588,6 @@ def test_rules_never_fail_on_odd_text():
 
 def test_openai_without_a_key_sends_no_authorization(server, monkeypatch):
     monkeypatch.delenv(API_KEY_ENV)
-    with pytest.raises(LLMRequestError, match=f"HTTP 401.*check the key in {API_KEY_ENV}"):
+    with pytest.raises(EndpointError, match=f"HTTP 401.*check the key in {API_KEY_ENV}"):
         make_refiner(_llm(server)).refine(["n"])
     assert server.requests[0]["auth"] is None

@@ -14,8 +14,11 @@ import pytest
 import torch
 
 from ophora import cli
-from ophora.media import probe_video, read_video, write_video
-from ophora.sample import SampleConfig, generate, plan_jobs, prepare_pipeline, sample, to_uint8, video_seed
+from ophora.core.media import probe_video, read_video, to_uint8, write_video
+from ophora.sample.config import SampleConfig
+from ophora.sample.generate import generate, prepare_pipeline
+from ophora.sample.jobs import plan_jobs, video_seed
+from ophora.sample.run import sample
 
 SMALL = dict(frames=9, height=48, width=80, steps=2)
 
@@ -145,7 +148,7 @@ def test_rerun_with_other_settings_is_refused(tiny_model, prompts, tmp_path, cap
 
 
 def test_one_failing_video_is_recorded_and_the_rest_go_on(tiny_model, prompts, tmp_path, monkeypatch):
-    import ophora.sample as sample_module
+    import ophora.sample.run as sample_module
 
     real = sample_module.generate
 
@@ -159,7 +162,8 @@ def test_one_failing_video_is_recorded_and_the_rest_go_on(tiny_model, prompts, t
     summary = sample(SampleConfig(model=str(tiny_model), out=out, prompts=prompts, **SMALL))
     assert (summary.made, summary.failed) == (2, 1)
     failures = list(csv.DictReader((out / "failures.csv").open()))
-    assert failures == [{"clip id": "capsulorhexis_1", "n": "0", "error": "RuntimeError: CUDA out of memory (simulated)"}]
+    assert failures == [{"clip id": "capsulorhexis_1", "n": "0", "error_type": "RuntimeError",
+                         "error": "CUDA out of memory (simulated)"}]
     assert {r["clip id"] for r in csv.DictReader((out / "manifest.csv").open())} == {"incision_1", "phaco_1"}
     monkeypatch.setattr(sample_module, "generate", real)
     assert sample(SampleConfig(model=str(tiny_model), out=out, prompts=prompts, **SMALL)).made == 1
@@ -265,8 +269,8 @@ def test_bad_prompt_files(tiny_model, tmp_path, capsys):
 
 def test_bad_settings(tiny_model, tmp_path, capsys):
     base = ["sample", "--model", str(tiny_model), "--out", str(tmp_path / "o"), "--prompt", "Cut."]
-    assert "--frames must be of the form 4k+1" in expect_error(capsys, *base, "--frames", "10")
-    assert "decodes to 16 frames; use 8k+1" in expect_error(capsys, *base, "--frames", "13")
+    assert "--frames must be of the form 8k+1" in expect_error(capsys, *base, "--frames", "10")
+    assert "needs that number odd" in expect_error(capsys, *base, "--frames", "13")
     assert "--height must be a positive multiple of 16, got 50" in expect_error(capsys, *base, "--height", "50")
     assert "--width must be a positive multiple of 16, got 721" in expect_error(capsys, *base, "--width", "721")
     assert "LoRA weights not found" in expect_error(capsys, *base, "--lora", str(tmp_path / "none"))
@@ -297,5 +301,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     result = subprocess.run([str(exe), "sample", "--model", "x/y", "--out", str(tmp_path), "--prompt", "a", "--frames", "8"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip() == "ophora sample: error: --frames must be of the form 4k+1 (9, 17, ..., 49), got 8"
+    assert result.stderr.strip() == ("ophora sample: error: --frames must be of the form 8k+1 (9, 17, 25, 33, 41, 49), "
+                                     "got 8: CogVideoX's VAE turns (frames - 1) / 4 + 1 latent frames into video and "
+                                     "needs that number odd")
     assert result.stdout == ""

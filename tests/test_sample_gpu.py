@@ -7,8 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ophora.media import probe_video, read_video
-from ophora.sample import SampleConfig, generate, plan_jobs, prepare_pipeline, sample
+from ophora.core.media import probe_video, read_video
+from ophora.sample.config import SampleConfig
+from ophora.sample.generate import generate, prepare_pipeline
+from ophora.sample.jobs import plan_jobs
+from ophora.sample.run import sample
 
 pytestmark = pytest.mark.gpu
 

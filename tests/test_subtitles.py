@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ophora.errors import MediaError
-from ophora.subtitles import Cue, find_sidecar, normalize_cues, parse_srt, parse_vtt, parse_whisper_json, read_subtitles
+from ophora.core.errors import MediaError
+from ophora.curate.subtitles import Cue, find_sidecar, normalize_cues, parse_srt, parse_vtt, parse_whisper_json, read_subtitles
 
 SRT = """1
 00:00:01,000 --> 00:00:03,500

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ophora.cli import main
-from ophora.data.prepare import PrepareConfig, prepare
-from ophora.errors import ConfigError, InputError, ModelError
-from ophora.media import read_video
+from ophora.prepare.run import PrepareConfig, prepare
+from ophora.core.errors import ConfigError, InputError, ModelError
+from ophora.core.media import read_video
 from ophora.train.config import TrainConfig, load_config
 from ophora.train.timesteps import sample_timesteps, stratum_bounds
 from ophora.train.trainer import train
@@ -193,9 +193,9 @@ def test_non_finite_loss_is_skipped_not_trained_on(tiny_model, cache, tmp_path):
 def test_missing_and_mismatched_caches_are_refused(tiny_model, cache, tmp_path):
     with pytest.raises(InputError, match="latent cache not found"):
         train(tiny_config(tiny_model, tmp_path / "nothing", tmp_path / "run"))
-    from ophora.models import make_tiny_model
+    from ophora.synthetic.random_pipeline import make_random_model
 
-    other = make_tiny_model(tmp_path / "other", seed=1)
+    other = make_random_model(tmp_path / "other", seed=1)
     with pytest.raises(InputError, match="was made with another VAE/text encoder"):
         train(tiny_config(other, cache, tmp_path / "run"))
     with pytest.raises(InputError, match="holds none of the clips"):
@@ -311,8 +311,8 @@ def test_rotary_position_models_train_with_the_pipelines_embeddings(tiny_model, 
 
 
 def test_global_batches_hold_one_bucket_each_and_follow_the_seed():
-    from ophora.data.batches import batches_per_epoch, plan_epoch
-    from ophora.data.cache import CacheEntry
+    from ophora.train.batches import batches_per_epoch, plan_epoch
+    from ophora.core.latent_cache import CacheEntry
 
     shapes = [(16, 13, 60, 90)] * 7 + [(16, 13, 60, 120)] * 5
     entries = [CacheEntry(f"c{i}", f"clips/c{i}.safetensors", "x", s) for i, s in enumerate(shapes)]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ophora.data.prepare import PrepareConfig, prepare
+from ophora.prepare.run import PrepareConfig, prepare
 from ophora.train.config import load_config
 from ophora.train.trainer import train
 from test_prepare import SMALL, free_port, write_synthetic_dataset

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ophora.data.prepare import PrepareConfig, prepare
+from ophora.prepare.run import PrepareConfig, prepare
 from ophora.train.config import load_config
 from ophora.train.trainer import train
 from test_prepare import SMALL, write_synthetic_dataset

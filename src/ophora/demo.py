@@ -13,8 +13,8 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from ophora.models import make_tiny_model
-from ophora.sample import SampleConfig, sample
+from ophora.synthetic.random_pipeline import make_random_model
+from ophora.sample.run import SampleConfig, sample
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ def run_demo(out: str | Path, model: str | None = None) -> Path:
         return _announce(out / "samples" / "index.html")
 
     from ophora.curate.pipeline import CurateConfig, curate
-    from ophora.curate.samples import make_sample_videos
-    from ophora.data.prepare import PrepareConfig, prepare
+    from ophora.synthetic.narrated_videos import make_sample_videos
+    from ophora.prepare.run import PrepareConfig, prepare
     from ophora.train.config import load_config
     from ophora.train.trainer import train
 
@@ -48,7 +48,7 @@ def run_demo(out: str | Path, model: str | None = None) -> Path:
     if not (videos / "ground_truth.json").is_file():
         make_sample_videos(videos)
     if not (base / "model_index.json").is_file():
-        make_tiny_model(base)
+        make_random_model(base)
 
     # 2. curate: clips + instructions, and the privacy-preserved subset
     curate(CurateConfig(input=videos, out=dataset, workers=2))

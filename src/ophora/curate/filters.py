@@ -17,8 +17,9 @@ from scenedetect.common import FrameTimecode
 from scenedetect.detectors import ContentDetector, ThresholdDetector
 
 from ophora.curate.segment import Span
-from ophora.errors import MediaError
-from ophora.media import iter_frames
+from ophora.core.config import option
+from ophora.core.errors import ConfigError, MediaError
+from ophora.core.media import iter_frames
 
 SCENE_SIZE = (128, 72)
 
@@ -27,9 +28,8 @@ SCENE_SIZE = (128, 72)
 class FilterConfig:
     """Thresholds of every filter; scores are kept in the manifest whatever the decision."""
 
-    min_width: int = 720
-    min_height: int = 480
-    min_s: float = 2.0
+    min_width: int = option(720, "narrower sources are dropped (reason: resolution)")
+    min_height: int = option(480, "lower sources are dropped (reason: resolution)")
     scene_threshold: float = 27.0
     fade_threshold: float = 12.0
     # Analyse only reference frames (~half of common H.264, much cheaper to decode); a cut is then known to
@@ -42,6 +42,14 @@ class FilterConfig:
     max_motion: float = 40.0
     max_non_surgical_fraction: float = 0.3
     ocr_interval: float = 1.0
+
+    def check(self) -> None:
+        for name in ("min_width", "min_height"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        for name in ("sample_fps", "sample_width", "ocr_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"filter setting {name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass
@@ -57,7 +65,6 @@ class SourceScan:
     samples: list[np.ndarray] = field(default_factory=list)
     ocr_times: list[float] = field(default_factory=list)
     ocr_frames: list[bytes] = field(default_factory=list)  # JPEG: an hour of narration stays ~150 MB
-    frames: int = 0
     last_time: float = 0.0
 
     @property
@@ -137,7 +144,7 @@ def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: i
             next_ocr = t + config.ocr_interval
     if scan is None:
         raise MediaError(f"{path} holds no decodable frames")
-    scan.frames, scan.last_time = len(times), times[-1]
+    scan.last_time = times[-1]
     scan.cuts = sorted(set(scan.cuts))
     return scan
 

@@ -16,7 +16,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -29,19 +29,23 @@ from tqdm.auto import tqdm
 from ophora import __version__
 from ophora.curate.filters import (FilterConfig, content_decision, longest_cut_free, motion_scores,
                                    non_surgical_scores, resolution_ok, scan_source, snap_to_keyframe)
-from ophora.curate.privacy import PrivacyConfig, privacy_reason, privacy_scores
+from ophora.core.privacy import PrivacyConfig, privacy_reason, privacy_scores
 from ophora.curate.refine import RefineConfig, make_refiner
 from ophora.curate.report import write_report
 from ophora.curate.segment import Span, clip_spans, sentence_spans
-from ophora.errors import ConfigError, InputError, MediaError, OphoraError
-from ophora.files import temp_path, write_csv, write_json, write_text
-from ophora.media import copy_segment, encode_segment, probe_video, video_rotation
-from ophora.subtitles import Cue, find_sidecar, normalize_cues, read_subtitles
+from ophora.core.config import option
+from ophora.core.errors import ConfigError, InputError, MediaError, OphoraError
+from ophora.core.endpoint import public_url
+from ophora.core.files import as_json_value, atomic_path, remove_partials, write_bytes, write_csv, write_json, write_text
+from ophora.core.media import copy_segment, encode_segment, probe_video, video_rotation
+from ophora.curate.subtitles import Cue, find_sidecar, normalize_cues, read_subtitles
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 CSV_COLUMNS = ["clip id", "instruction"]
+ENGINES = ("local", "ray")
+CLIP_MODES = ("copy", "reencode")
 SCORE_COLUMNS = ["cuts_inside", "motion", "frozen_fraction", "black_fraction", "blank_fraction",
                  "text_area", "text_boxes", "overlay_area", "vlm_flag"]
 MANIFEST_COLUMNS = ["clip id", "source", "start", "end", "duration", "width", "height", "fps", "narration",
@@ -50,49 +54,57 @@ MANIFEST_COLUMNS = ["clip id", "source", "start", "end", "duration", "width", "h
 
 @dataclass
 class CurateConfig:
-    """Everything `ophora curate` needs; the CLI flags map onto it."""
+    """Everything `ophora curate` needs; the CLI flags are made from the fields (and the nested configs')."""
 
-    input: Path
-    out: Path
-    workers: int | None = None  # local processes; None: all cores
-    engine: str = "local"  # local | ray
-    ray_address: str | None = None  # None: start or join a local Ray
-    clip_mode: str = "copy"  # copy: stream copy from the first keyframe; reencode: exact frames, H.264
-    crf: int = 18
-    min_s: float = 2.0
-    max_s: float = 10.0
-    target_s: float = 5.5
-    asr: str | None = None  # None or "faster-whisper" for videos without a sidecar
-    asr_model: str | None = None
+    input: Path = option(help="folder of narrated videos (recursive) with .srt/.vtt/.json sidecars of the same stem",
+                         positional=True)
+    out: Path = option(help="dataset folder: clips/, instructions.csv, privacy_preserved.csv, manifest.parquet, "
+                            "summary.json, report.html")
+    workers: int | None = option(None, "local processes (default: all cores)")
+    engine: str = option("local", "where sources are processed; ray needs the extra ophora[ray]", choices=ENGINES)
+    ray_address: str | None = option(None, "Ray cluster address (default: start or join a local one)")
+    clip_mode: str = option("copy", "copy: no re-encoding, clips start at a keyframe; reencode: exact frames, H.264",
+                            choices=CLIP_MODES)
+    crf: int = option(18, "H.264 quality (0-51) for --clip-mode reencode")
+    min_s: float = option(2.0, "shortest clip kept, in seconds", flag="--min-seconds")
+    max_s: float = option(10.0, "longest clip, in seconds", flag="--max-seconds")
+    target_s: float = option(5.5, "clip length aimed at when narration is split or merged", flag="--target-seconds")
+    asr: str | None = option(None, "transcribe videos without a sidecar", choices=("faster-whisper",))
+    asr_model: str | None = option(None, "faster-whisper model folder or id")
     examples_per_reason: int = 3
     filters: FilterConfig = field(default_factory=FilterConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    refine: RefineConfig | None = None  # None: the rules refiner
+    refine: RefineConfig = field(default_factory=RefineConfig)
+
+    def __post_init__(self) -> None:
+        self.input, self.out = Path(self.input), Path(self.out)
 
     def check(self) -> None:
         """Catch every setting mistake before any work starts."""
-        self.input, self.out = Path(self.input), Path(self.out)
         if not self.input.is_dir():
             raise InputError(f"input folder not found: {self.input}")
-        if self.engine not in ("local", "ray"):
-            raise ConfigError(f"--engine must be local or ray, got {self.engine!r}")
+        if self.out.resolve() == self.input.resolve():
+            raise ConfigError(f"--out {self.out} is the input folder; give the dataset a folder of its own")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
-        if self.clip_mode not in ("copy", "reencode"):
-            raise ConfigError(f"--clip-mode must be copy or reencode, got {self.clip_mode!r}")
+        if not 0 <= self.crf <= 51:
+            raise ConfigError(f"--crf must be between 0 and 51, got {self.crf}")
         if not 0 < self.min_s <= self.target_s <= self.max_s:
             raise ConfigError(f"clip lengths need 0 < min ({self.min_s}) <= target ({self.target_s}) <= max ({self.max_s})")
-        if self.asr not in (None, "faster-whisper"):
-            raise ConfigError(f"--asr must be faster-whisper, got {self.asr!r}")
         if self.asr and not self.asr_model:
             raise ConfigError("--asr faster-whisper needs --asr-model (a local CTranslate2 folder or model id)")
-        self.filters.min_s = self.min_s
+        for name, allowed in (("engine", ENGINES), ("clip_mode", CLIP_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        self.filters.check()
         self.privacy.check()
+        self.refine.check()
 
     def settings(self) -> dict:
         """The settings a source's clips depend on (its fingerprint includes them)."""
         privacy = {k: v for k, v in asdict(self.privacy).items() if k != "threads"}
-        return {"clip_mode": self.clip_mode, "crf": self.crf, "filters": asdict(self.filters), "privacy": privacy}
+        return {"clip_mode": self.clip_mode, "crf": self.crf, "min_s": self.min_s, "filters": asdict(self.filters),
+                "privacy": privacy}
 
 
 @dataclass
@@ -194,9 +206,7 @@ def _thumbnail(scan, start: float, end: float, path: Path) -> None:
     image = frames[0]
     size = (240, max(2, round(240 * image.shape[0] / image.shape[1])))
     _, data = cv2.imencode(".jpg", cv2.resize(image, size, interpolation=cv2.INTER_AREA), [cv2.IMWRITE_JPEG_QUALITY, 80])
-    tmp = temp_path(path)
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
+    write_bytes(path, data.tobytes())
 
 
 def judge_clip(job: SourceJob, index: int, scan, rotation: int, config: CurateConfig) -> dict:
@@ -263,14 +273,10 @@ def process_source(job: SourceJob, config: CurateConfig) -> dict:
             scan = scan_source(Path(job.path), spans, config.filters, rotation, config.privacy.ocr_long_side)
             scan.fps = info.fps
             record["rows"] = [judge_clip(job, i, scan, rotation, config) for i in range(len(job.spans))]
-        record["rotation"] = rotation
     except (MediaError, av.error.FFmpegError) as exc:
         record.update(skipped="undecodable", detail=str(exc), rows=[])
     record["seconds"] = time.perf_counter() - started
-    record_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(record_path)
-    tmp.write_text(json.dumps(record, default=_json_default))
-    os.replace(tmp, record_path)
+    write_text(record_path, json.dumps(record, default=_json_default))
     return record
 
 
@@ -329,9 +335,8 @@ def write_outputs(rows: list[dict], skipped: list[dict], summary: dict, out: Pat
     write_csv(out / "privacy_preserved.csv", CSV_COLUMNS, [r for r in kept if not r["privacy_reason"]])
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest["privacy_preserved"] = (manifest["decision"] == "keep") & (manifest["privacy_reason"] == "")
-    tmp = temp_path(out / "manifest.parquet")
-    manifest.to_parquet(tmp, index=False)
-    os.replace(tmp, out / "manifest.parquet")
+    with atomic_path(out / "manifest.parquet") as tmp:
+        manifest.to_parquet(tmp, index=False)
     buffer = io.StringIO()
     pd.DataFrame(skipped, columns=["source", "reason", "detail"]).to_csv(buffer, index=False)
     write_text(out / "skipped_sources.csv", buffer.getvalue())
@@ -361,12 +366,14 @@ def curate(config: CurateConfig) -> dict:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     config.out.mkdir(parents=True, exist_ok=True)
-    for stale in config.out.rglob(".*.partial*"):  # half-written files of a killed run
-        stale.unlink()
-    refiner = make_refiner(config.refine or RefineConfig())
+    remove_partials(config.out)  # half-written files of a killed run
     workers = config.workers or os.cpu_count() or 1
-    config.privacy.threads = max(1, (os.cpu_count() or 1) // workers)
+    config = replace(config, privacy=replace(config.privacy, threads=max(1, (os.cpu_count() or 1) // workers)),
+                     refine=replace(config.refine, cache_dir=config.refine.cache_dir or config.out / "refine_cache"))
+    refiner = make_refiner(config.refine)
     sources = [p for p in find_sources(config.input) if config.out.resolve() not in p.resolve().parents]
+    if not sources:
+        raise InputError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) under {config.input}")
     log.info("%d source videos under %s", len(sources), config.input)
 
     # 2. plan each source: probe, narration, clip spans
@@ -428,10 +435,9 @@ def curate(config: CurateConfig) -> dict:
 def _summary(config: CurateConfig, refiner, n_sources: int, rows: list[dict], skipped: list[dict],
              timings: dict, workers: int) -> dict:
     kept = [r for r in rows if r["decision"] == "keep"]
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "refine"}
-    if config.refine is not None:
-        settings["refine"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config.refine).items()}
-    settings["workers"] = workers
+    settings = as_json_value({**asdict(config), "workers": workers})
+    settings["refine"]["url"] = public_url(config.refine.url) if config.refine.url else None
+    settings["privacy"]["vlm_url"] = public_url(config.privacy.vlm_url) if config.privacy.vlm_url else None
     return {
         "config": settings,
         "versions": _versions(refiner),

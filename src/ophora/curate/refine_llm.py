@@ -13,7 +13,6 @@ import hashlib
 import http.client
 import json
 import logging
-import os
 import random
 import re
 import threading
@@ -31,14 +30,15 @@ from typing import TYPE_CHECKING
 from tqdm.auto import tqdm
 
 from ophora.curate.refine_rules import check_narrations, refine_narration
-from ophora.errors import ConfigError, OphoraError
+from ophora.core.endpoint import API_KEY_ENV, chat_completions_url, public_url, request_headers, scrub
+from ophora.core.errors import ConfigError, EndpointError
+from ophora.core.files import write_text
 
 if TYPE_CHECKING:
     from ophora.curate.refine import RefineConfig
 
 log = logging.getLogger(__name__)
 
-API_KEY_ENV = "OPHORA_LLM_API_KEY"
 NONE_ANSWER = "NONE"
 
 _PREAMBLE = re.compile(
@@ -49,15 +49,7 @@ _PREAMBLE = re.compile(
 _LABEL = re.compile(r"^(?:instruction|answer|output)\s*:\s*", re.IGNORECASE)
 
 
-class LLMError(OphoraError):
-    """The LLM endpoint could not produce an instruction."""
-
-
-class LLMRequestError(LLMError):
-    """The endpoint failed (HTTP error, timeout, malformed response) after all retries, or refused the request."""
-
-
-class LLMAnswerError(LLMError):
+class LLMAnswerError(EndpointError):
     """The endpoint kept answering something that is not a single instruction (and on_invalid is "error")."""
 
 
@@ -94,18 +86,6 @@ def load_prompt(name_or_path: str) -> Prompt:
         path = Path(f"{name_or_path}.txt")
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
     return Prompt(text=text.strip(), version=f"{path.stem}-{digest}")
-
-
-def chat_completions_url(url: str) -> str:
-    """`http://host:8000/v1` or a full `.../chat/completions` address -> the chat-completions address."""
-    url = url.rstrip("/")
-    return url if url.endswith("/chat/completions") else url + "/chat/completions"
-
-
-def public_url(url: str) -> str:
-    """The address without user info and query string, safe to show in logs and errors."""
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
 
 
 def validate_answer(content: object, max_words: int) -> str:
@@ -156,9 +136,7 @@ class AnswerCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         entry = {"prompt_version": self.prompt_version, "model": self.model, "narration": narration,
                  "instruction": instruction}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-        tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(entry, ensure_ascii=False))
 
 
 class OpenAIRefiner:
@@ -235,7 +213,7 @@ class OpenAIRefiner:
     def _give_up(self, narration: str, last: _Retryable | None) -> str:
         attempts = self.config.retries + 1
         if not isinstance(last, _InvalidAnswer):
-            raise LLMRequestError(f"{public_url(self.url)}: no answer after {attempts} attempts ({last})")
+            raise EndpointError(f"{public_url(self.url)}: no answer after {attempts} attempts ({last})")
         self._count("invalid")
         if self.config.on_invalid == "error":
             raise LLMAnswerError(f"{public_url(self.url)}: no usable instruction after {attempts} attempts ({last})")
@@ -252,12 +230,12 @@ class OpenAIRefiner:
         return min(delay, self.config.max_backoff)
 
     def _post(self, narration: str) -> object:
-        """One chat-completions request; returns the answer's content or raises _Retryable / LLMRequestError."""
+        """One chat-completions request; returns the answer's content or raises _Retryable / EndpointError."""
         body = {"model": self.config.model, "temperature": self.config.temperature,
                 "max_tokens": self.config.max_tokens, "n": 1,
                 "messages": [{"role": "system", "content": self.prompt.text},
                              {"role": "user", "content": narration}]}
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=request_headers(),
+        request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=request_headers(self.config.url),
                                          method="POST")
         self._count("asked")
         try:
@@ -268,20 +246,20 @@ class OpenAIRefiner:
         except (OSError, http.client.HTTPException) as error:
             reason = getattr(error, "reason", error)
             raise _Retryable(f"timed out after {self.config.timeout:g} s" if isinstance(reason, TimeoutError)
-                             else f"connection failed: {_scrub(str(reason))}") from None
+                             else f"connection failed: {scrub(str(reason), self.config.url)}") from None
         try:
             return json.loads(raw)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise _Retryable("malformed response (not a chat-completions JSON)") from None
 
     def _raise_http(self, error: urllib.error.HTTPError) -> None:
-        detail = _scrub(error.read(300).decode("utf-8", "replace").strip()) if error.fp else ""
+        detail = scrub(error.read(300).decode("utf-8", "replace").strip(), self.config.url) if error.fp else ""
         if error.code == 429 or error.code >= 500:
             raise _Retryable(f"HTTP {error.code}", _retry_after(error.headers.get("Retry-After"))) from None
         if error.code in (401, 403):
-            raise LLMRequestError(f"{public_url(self.url)} refused the request (HTTP {error.code}): "
+            raise EndpointError(f"{public_url(self.url)} refused the request (HTTP {error.code}): "
                                   f"check the key in {API_KEY_ENV}") from None
-        raise LLMRequestError(f"{public_url(self.url)} answered HTTP {error.code} (check --llm-url and "
+        raise EndpointError(f"{public_url(self.url)} answered HTTP {error.code} (check --llm-url and "
                               f"--llm-model {self.config.model!r}): {detail}") from None
 
     def _count(self, name: str) -> None:
@@ -289,22 +267,8 @@ class OpenAIRefiner:
             self.counts[name] += 1
 
 
-def request_headers() -> dict[str, str]:
-    """JSON request headers, with the bearer key from OPHORA_LLM_API_KEY when it is set."""
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if key := os.environ.get(API_KEY_ENV):
-        headers["Authorization"] = f"Bearer {key}"
-    return headers
-
-
 def _retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
-
-
-def _scrub(text: str) -> str:
-    """Remove the API key from text that came from elsewhere (a server's error body may echo headers)."""
-    key = os.environ.get(API_KEY_ENV)
-    return text.replace(key, "***") if key else text

@@ -18,7 +18,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-from ophora.errors import InputError
+from ophora.core.errors import InputError
 
 VERSION = "rules-2"
 

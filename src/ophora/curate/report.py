@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from ophora.files import temp_path
+from ophora.core.files import write_text
 
 
 def _table(rows: list[tuple], header: tuple) -> str:
@@ -59,8 +58,4 @@ def write_report(manifest: pd.DataFrame, skipped: list[dict], summary: dict, out
     if skipped:
         parts.append("<h2>Skipped sources</h2>" + _table([(s["source"], s["reason"], s["detail"]) for s in skipped],
                                                          ("source", "reason", "detail")))
-    path = out / "report.html"
-    tmp = temp_path(path)
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(out / "report.html", "\n".join(parts))

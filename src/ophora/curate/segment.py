@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from ophora.subtitles import Cue
+from ophora.curate.subtitles import Cue
 
 _SENTENCE_END = re.compile(r"[.!?…][\"')\]]*$")
 

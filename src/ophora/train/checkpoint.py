@@ -15,8 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ophora.files import write_text
-from ophora.errors import ConfigError
+from ophora.core.files import replace_dir, temp_dir, write_text
+from ophora.core.errors import ConfigError
 from ophora.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def checkpoints(out: Path) -> list[Path]:
 def save_checkpoint(accelerator, out: Path, state: TrainState, keep: int) -> Path:
     """Save the full training state (all processes call this) and keep only the newest `keep` checkpoints."""
     final = out / "checkpoints" / f"step-{state.step:07d}"
-    tmp = final.with_name(f".{final.name}.partial")
+    tmp = temp_dir(final)
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
@@ -66,9 +66,7 @@ def save_checkpoint(accelerator, out: Path, state: TrainState, keep: int) -> Pat
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_text(tmp / "state.json", json.dumps(dataclasses.asdict(state)))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        replace_dir(tmp, final)
         for old in checkpoints(out)[:-keep]:
             shutil.rmtree(old)
         log.info("saved checkpoint %s", final)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from ophora.errors import ConfigError
+from ophora.core.config import apply_values
+from ophora.core.errors import ConfigError
 
 
 @dataclass
@@ -62,9 +61,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     validate_every: int = 0            # 0: only at the end (when there are validation prompts)
     validation_prompts: list[str] = field(default_factory=list)
-    validation_frames: int = 49
-    validation_height: int = 480
-    validation_width: int = 720
+    validation_frames: int | None = None   # None: the cache's (largest frame bucket, most common size)
+    validation_height: int | None = None
+    validation_width: int | None = None
     validation_steps: int = 50
     validation_guidance: float = 6.0
     export: bool = True                # write <out>/final, a diffusers pipeline folder
@@ -92,50 +91,32 @@ class TrainConfig:
                      "validation_steps", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.max_grad_norm <= 0:
-            raise ConfigError("learning_rate and max_grad_norm must be positive")
+        for name in ("learning_rate", "max_grad_norm", "epsilon"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive finite number, got {value}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("weight_decay", "warmup_steps", "num_workers", "validate_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.lr_cycles < 1:
+            raise ConfigError(f"lr_cycles must be at least 1, got {self.lr_cycles}")
+        if self.stop_at_step is not None and self.stop_at_step < 1:
+            raise ConfigError(f"stop_at_step must be at least 1, got {self.stop_at_step}")
+        if self.mode == "lora" and not self.lora_targets:
+            raise ConfigError("lora_targets is empty: name the modules LoRA adapts (e.g. to_q, to_k, to_v, to_out.0)")
         if self.checkpoint_blocks is not None and self.checkpoint_blocks < 0:
             raise ConfigError(f"checkpoint_blocks must be 0 or more, got {self.checkpoint_blocks}")
         if self.strata is not None and self.strata < 1:
             raise ConfigError(f"strata must be at least 1, got {self.strata}")
-        if (self.validation_frames - 1) % 8:
+        if self.validation_frames is not None and (self.validation_frames < 1 or (self.validation_frames - 1) % 8):
             raise ConfigError(f"validation_frames must be 8k+1 (9, 17, ..., 49), got {self.validation_frames}")
-
-
-def _coerce(name: str, value, hint):
-    """Convert a YAML value to the field's type, or raise ConfigError naming the key."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is list:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"config key {name!r} wants a list, got {value!r}")
-        return [_coerce(name, v, args[0]) for v in value]
-    try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if hint is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return hint(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key {name!r} wants {getattr(hint, '__name__', hint)}, got {value!r}") from None
-
-
-def _apply(config: TrainConfig, values: dict, source: str) -> None:
-    hints = typing.get_type_hints(TrainConfig)
-    for key, value in values.items():
-        if key not in hints:
-            near = difflib.get_close_matches(key, hints, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
-        setattr(config, key, _coerce(key, value, hints[key]))
+        for name in ("validation_height", "validation_width"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % 16):
+                raise ConfigError(f"{name} must be a positive multiple of 16, got {value}")
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -161,18 +142,29 @@ def find_config(path: str | Path) -> Path:
     raise ConfigError(f"config file not found: {path} (configs shipped with ophora: {', '.join(shipped)})")
 
 
+def read_config_file(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The keys of a YAML config, with those of its `base:` config (a shipped name or a path) underneath."""
+    path = find_config(path)
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: its base: chain comes back to itself")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    sibling = (path.parent / str(base)).with_suffix(".yaml")  # a base beside the config, else a path or shipped name
+    return {**read_config_file(sibling if sibling.is_file() else str(base), (*seen, path.resolve())), **values}
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """A checked TrainConfig from a YAML file (or the defaults) and `key=value` overrides, applied in order."""
+    """A checked TrainConfig from the defaults, a YAML file (over its `base:`) and `key=value` overrides, in order."""
     config = TrainConfig()
     if path is not None:
-        path = find_config(path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path} must hold a mapping of config keys")
-        _apply(config, values, str(path))
-    _apply(config, dict(parse_override(o) for o in overrides), "the overrides")
+        apply_values(config, read_config_file(path), str(path))
+    apply_values(config, dict(parse_override(o) for o in overrides), "the overrides")
     config.check()
     return config

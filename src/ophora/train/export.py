@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
+
+from ophora.core.files import atomic_dir, write_json
 
 BASE_PARTS = ("model_index.json", "text_encoder", "tokenizer", "vae", "scheduler")
 
@@ -29,18 +30,12 @@ def export_pipeline(base: Path, transformer_config: dict, state_dict: dict[str, 
     """Write `dest` (replacing it): the base pipeline's text encoder, tokenizer, VAE, scheduler and the new transformer."""
     from diffusers import CogVideoXTransformer3DModel
 
-    tmp = dest.with_name(f".{dest.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for part in BASE_PARTS:
-        src = base / part
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / part)
-    transformer = CogVideoXTransformer3DModel.from_config(transformer_config)
-    transformer.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
-    transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
-    (tmp / "ophora_train.json").write_text(json.dumps(record, indent=1, default=str))
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    with atomic_dir(dest) as tmp:
+        for part in BASE_PARTS:
+            src = base / part
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / part)
+        transformer = CogVideoXTransformer3DModel.from_config(transformer_config)
+        transformer.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+        transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
+        write_json(tmp / "ophora_train.json", record)
     return dest

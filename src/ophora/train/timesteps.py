@@ -13,7 +13,7 @@ import hashlib
 
 import torch
 
-from ophora.errors import ConfigError
+from ophora.core.errors import ConfigError
 
 KINDS = ("uniform", "stratified")
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ophora import __version__
-from ophora.data.batches import MicroBatches
-from ophora.data.cache import encoder_fingerprint, read_cache_info, read_index
-from ophora.data.dataset import read_csv_pairs
-from ophora.errors import ConfigError, InputError
-from ophora.models import resolve_model
+from ophora.train.batches import MicroBatches
+from ophora.core.dataset import read_csv_pairs
+from ophora.core.errors import ConfigError, InputError
+from ophora.core.latent_cache import cache_video_settings, read_cache_info, read_index
+from ophora.core.models import encoder_fingerprint, resolve_model
+from ophora.core.versions import versions
 from ophora.train.blocks import configure_blocks
 from ophora.train.checkpoint import TrainState, claim_run, resume, save_checkpoint, truncate_metrics, write_run_record
 from ophora.train.config import TrainConfig
@@ -174,6 +174,7 @@ def train(config: TrainConfig) -> Path:
     config.check()
     model_dir = resolve_model(config.model)
     info, entries = check_cache(config, model_dir)
+    video = cache_video_settings(info, entries)  # what the trained model makes by default (travels with it)
     out = Path(config.out)
     claim_run(out, config)
     accelerator = make_accelerator(config)
@@ -196,7 +197,8 @@ def train(config: TrainConfig) -> Path:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_run_record(out, config, {"world_size": world, "clips": len(entries), "cache": info["model"],
-                                       "trainable_parameters": sum(p.numel() for p in params)})
+                                       "trainable_parameters": sum(p.numel() for p in params),
+                                       "video": video})
     accelerator.wait_for_everyone()
 
     # 3. resume
@@ -267,16 +269,16 @@ def train(config: TrainConfig) -> Path:
         if step % config.checkpoint_every == 0 or step == last:
             save_checkpoint(accelerator, out, state, config.keep_checkpoints)
         if config.validation_prompts and (step == config.steps or (config.validate_every and step % config.validate_every == 0)):
-            validator = validate(accelerator, model, model_dir, config, out, step, validator)
+            validator = validate(accelerator, model, model_dir, config, out, step, validator, video)
 
     # 5. export
     if state.step >= config.steps and config.export:
-        export(accelerator, model, model_dir, config, out, state)
+        export(accelerator, model, model_dir, config, out, state, video)
     accelerator.end_training()
     return out
 
 
-def validate(accelerator, model, model_dir: Path, config: TrainConfig, out: Path, step: int, validator):
+def validate(accelerator, model, model_dir: Path, config: TrainConfig, out: Path, step: int, validator, video: dict):
     """Render the validation prompts on the main process and log their middle frames to TensorBoard."""
     from ophora.train.validation import Validator
 
@@ -284,7 +286,7 @@ def validate(accelerator, model, model_dir: Path, config: TrainConfig, out: Path
         if validator is None:
             dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.mixed_precision]
             validator = Validator(model_dir, accelerator.unwrap_model(model), accelerator.device, dtype)
-        results = validator.render(config, out / "validation" / f"step-{step:07d}", accelerator.autocast)
+        results = validator.render(config, video, out / "validation" / f"step-{step:07d}", accelerator.autocast)
         tracker = accelerator.get_tracker("tensorboard", unwrap=True)
         for i, (_, frame) in enumerate(results):
             tracker.add_image(f"validation/{i}", frame, step, dataformats="HWC")
@@ -292,15 +294,15 @@ def validate(accelerator, model, model_dir: Path, config: TrainConfig, out: Path
     return validator
 
 
-def export(accelerator, model, model_dir: Path, config: TrainConfig, out: Path, state: TrainState) -> None:
+def export(accelerator, model, model_dir: Path, config: TrainConfig, out: Path, state: TrainState, video: dict) -> None:
     """Write out/final: a diffusers pipeline folder with the trained transformer (LoRA merged)."""
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP/ZeRO-3 shards; every process calls it
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if config.mode == "lora":
             state_dict = merged_lora_state_dict(unwrapped)
-        record = {"ophora": __version__, "base_model": config.model, "steps": state.step, "skipped_steps": state.skipped,
-                  "config": dataclasses.asdict(config),
+        record = {"versions": versions(), "base_model": config.model, "steps": state.step,
+                  "skipped_steps": state.skipped, "video": video, "config": dataclasses.asdict(config),
                   "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         final = export_pipeline(model_dir, dict(unwrapped.config), state_dict, out / "final", record)
         log.info("exported the trained pipeline to %s", final)

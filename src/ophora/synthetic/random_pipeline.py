@@ -1,34 +1,20 @@
-"""Find, check and load CogVideoX-family pipelines; write tiny random ones for tests and the demo."""
+"""Randomly initialised CogVideoX pipelines of the real architecture, in the real on-disk layout (tests, demo, benchmarks).
+
+The weights are random, so outputs are noise; what they test is every code path that real weights take.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import tempfile
 from pathlib import Path
 
 import torch
 
-from ophora.errors import ModelError
+from ophora.core.errors import InputError, ModelError
 
 log = logging.getLogger(__name__)
-
-# What a complete diffusers CogVideoX pipeline folder holds: (component, files of which one must exist).
-REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
-    "model_index.json": ("model_index.json",),
-    "transformer": ("transformer/config.json",),
-    "transformer weights": (
-        "transformer/diffusion_pytorch_model.safetensors",
-        "transformer/diffusion_pytorch_model.safetensors.index.json",
-    ),
-    "vae": ("vae/config.json",),
-    "vae weights": ("vae/diffusion_pytorch_model.safetensors",),
-    "text_encoder": ("text_encoder/config.json",),
-    "text_encoder weights": ("text_encoder/model.safetensors", "text_encoder/model.safetensors.index.json"),
-    "tokenizer": ("tokenizer/spiece.model", "tokenizer/tokenizer.json"),
-    "scheduler": ("scheduler/scheduler_config.json",),
-}
 
 # The CogVideoX-2b scheduler settings (v-prediction, zero-terminal-SNR, trailing spacing).
 SCHEDULER_CONFIG = {
@@ -45,82 +31,6 @@ SCHEDULER_CONFIG = {
     "timestep_spacing": "trailing",
     "trained_betas": None,
 }
-
-
-def missing_parts(folder: Path, parts: dict[str, tuple[str, ...]] = REQUIRED_PARTS) -> list[str]:
-    """Names of the pipeline parts that `folder` lacks (empty when it is complete)."""
-    return [name for name, files in parts.items() if not any((folder / f).is_file() for f in files)]
-
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def resolve_model(model: str, parts: dict[str, tuple[str, ...]] = REQUIRED_PARTS) -> Path:
-    """Return a local folder holding the pipeline `model` (a folder or a hub id), or raise ModelError.
-
-    A local folder is checked for completeness; a hub id is fetched (or found in the local hub cache)
-    with huggingface_hub. Neither path ever runs remote code.
-    """
-    path = Path(model).expanduser()
-    if path.is_dir():
-        missing = missing_parts(path, parts)
-        if missing:
-            raise ModelError(f"model folder {path} is incomplete: missing {', '.join(missing)}")
-        return path
-    if not HUB_ID.match(model):
-        raise ModelError(f"model {model!r} is neither an existing local folder nor a hub id of the form 'owner/name'")
-    try:
-        from huggingface_hub import snapshot_download
-
-        local = Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
-    except Exception as exc:  # huggingface_hub raises many kinds; all mean "not obtainable"
-        raise ModelError(
-            f"cannot get {model!r} from the Hugging Face hub ({type(exc).__name__}); "
-            "download it elsewhere and pass the local folder with --model PATH"
-        ) from None
-    missing = missing_parts(local, parts)
-    if missing:
-        raise ModelError(f"hub model {model!r} is incomplete: missing {', '.join(missing)}")
-    return local
-
-
-def default_dtype(device: str | torch.device) -> torch.dtype:
-    """bf16 on GPUs, fp32 on the CPU."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-
-
-def parse_dtype(name: str | None, device: str | torch.device) -> torch.dtype:
-    """Map 'bf16' | 'fp16' | 'fp32' (or None for the device default) to a torch dtype."""
-    if name is None or name == "auto":
-        return default_dtype(device)
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if name not in table:
-        raise ModelError(f"--dtype must be one of {', '.join(table)}, got {name!r}")
-    return table[name]
-
-
-def make_scheduler(kind: str, config: dict):
-    """A CogVideoX scheduler ('dpm' or 'ddim') from a scheduler config, with trailing timestep spacing."""
-    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
-
-    classes = {"dpm": CogVideoXDPMScheduler, "ddim": CogVideoXDDIMScheduler}
-    if kind not in classes:
-        raise ModelError(f"scheduler must be one of {', '.join(classes)}, got {kind!r}")
-    return classes[kind].from_config(config, timestep_spacing="trailing")
-
-
-def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype | None = None, scheduler: str = "dpm"):
-    """Load a CogVideoX pipeline from a local folder or hub id onto `device`."""
-    from diffusers import CogVideoXPipeline
-
-    folder = resolve_model(model)
-    dtype = dtype or default_dtype(device)
-    try:
-        pipe = CogVideoXPipeline.from_pretrained(folder, torch_dtype=dtype)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise ModelError(f"cannot load the pipeline in {folder}: {exc}") from None
-    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-    return pipe.to(device)
 
 
 TOKENIZER_CORPUS = """\
@@ -141,7 +51,7 @@ Carefully remove cortex while managing aspiration to prevent zonular stress.
 """
 
 
-def train_tiny_tokenizer(folder: Path, vocab_size: int = 256) -> None:
+def train_tokenizer(folder: Path, vocab_size: int = 256) -> None:
     """Train a T5-style sentencepiece unigram tokenizer on a surgical corpus and save it in `folder`."""
     import sentencepiece as spm
     from transformers import T5Tokenizer
@@ -197,8 +107,8 @@ def random_pipeline(size: str, tokenizer_dir: Path, seed: int = 0, device: str =
                              scheduler=CogVideoXDDIMScheduler(**SCHEDULER_CONFIG))
 
 
-def make_tiny_model(folder: str | Path, seed: int = 0, size: str = "tiny", dtype: torch.dtype = torch.float32,
-                    device: str = "cpu") -> Path:
+def make_random_model(folder: str | Path, seed: int = 0, size: str = "tiny", dtype: torch.dtype = torch.float32,
+                      device: str = "cpu") -> Path:
     """Write a randomly initialised CogVideoX pipeline in the diffusers on-disk layout.
 
     `size="tiny"` samples 9 frames at 64x64 in seconds on a CPU; "small" is a moderate model for learning
@@ -208,10 +118,12 @@ def make_tiny_model(folder: str | Path, seed: int = 0, size: str = "tiny", dtype
     if size not in SIZES:
         raise ModelError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
     folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise InputError(f"{folder} exists and is not an empty folder; give a new or empty folder for the random model")
     folder.mkdir(parents=True, exist_ok=True)
-    train_tiny_tokenizer(folder / "tokenizer")
+    train_tokenizer(folder / "tokenizer")
     pipe = random_pipeline(size, folder / "tokenizer", seed, device)
     pipe.to(dtype).save_pretrained(folder, safe_serialization=True)
-    (folder / "ophora_tiny.json").write_text(json.dumps({"size": size, "seed": seed, "note": "random weights"}))
+    (folder / "ophora_random.json").write_text(json.dumps({"size": size, "seed": seed, "note": "random weights"}))
     log.info("wrote a %s random CogVideoX pipeline to %s", size, folder)
     return folder

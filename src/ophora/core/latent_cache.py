@@ -12,15 +12,14 @@ Layout of a cache folder::
 
 The encoder fingerprint hashes the VAE's and text encoder's configs and a sample of their weight files,
 so a cache is recognised as valid for any pipeline that shares the same VAE and T5 (a TPT output shares
-the base model's), and refused for any other.
+the base model's), and refused for any other (core/models.py: `encoder_fingerprint`).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
+from collections import Counter
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,32 +27,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ophora.errors import InputError
-from ophora.files import temp_path, write_csv
+from ophora.core.errors import InputError
+from ophora.core.files import atomic_path, write_csv
 
 CACHE_FORMAT = 1
 INDEX_COLUMNS = ["clip id", "file", "instruction", "frames", "height", "width", "latent shape"]
-
-
-def _file_digest(path: Path, sample: int = 1 << 20) -> str:
-    """Size plus the first and last `sample` bytes: cheap for 10 GB weight files, and any re-save changes it."""
-    h = hashlib.sha256(str(path.stat().st_size).encode())
-    with path.open("rb") as f:
-        h.update(f.read(sample))
-        f.seek(max(0, path.stat().st_size - sample))
-        h.update(f.read(sample))
-    return h.hexdigest()
-
-
-def encoder_fingerprint(model_dir: Path) -> str:
-    """A hash identifying the VAE and text encoder of a pipeline folder (what a cache depends on)."""
-    h = hashlib.sha256()
-    for part in ("vae", "text_encoder", "tokenizer"):
-        for f in sorted((model_dir / part).iterdir()):
-            if f.is_file() and not f.name.startswith("."):
-                h.update(f"{part}/{f.name}".encode())
-                h.update(_file_digest(f).encode() if f.suffix == ".safetensors" else f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def clip_file(cache: Path, clip_id: str) -> Path:
@@ -62,12 +40,9 @@ def clip_file(cache: Path, clip_id: str) -> Path:
 
 def save_clip(cache: Path, clip_id: str, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
     """Write one clip's tensors atomically, with its metadata as JSON strings."""
-    path = clip_file(cache, clip_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
+    with atomic_path(clip_file(cache, clip_id)) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in metadata.items()})
 
 
 def read_clip_header(path: Path) -> tuple[dict, dict[str, list[int]]]:
@@ -87,7 +62,6 @@ def load_clip(path: Path) -> dict[str, torch.Tensor]:
 class CacheEntry:
     clip_id: str
     file: str
-    instruction: str
     latent_shape: tuple[int, ...]
 
 
@@ -108,7 +82,7 @@ def read_index(cache: Path, subset: set[str] | None = None) -> list[CacheEntry]:
     """The clips of a cache (optionally only those in `subset`), in index order."""
     with (cache / "index.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    entries = [CacheEntry(r["clip id"], r["file"], r["instruction"], tuple(json.loads(r["latent shape"]))) for r in rows]
+    entries = [CacheEntry(r["clip id"], r["file"], tuple(json.loads(r["latent shape"]))) for r in rows]
     if subset is not None:
         entries = [e for e in entries if e.clip_id in subset]
     return entries
@@ -126,3 +100,14 @@ def write_index(cache: Path) -> list[dict]:
                      "latent shape": json.dumps(shapes["latent_mean"])})
     write_csv(cache / "index.csv", INDEX_COLUMNS, rows)
     return rows
+
+
+def cache_video_settings(info: dict, entries: list[CacheEntry]) -> dict:
+    """The video a model trained on these clips makes by default: the most common latent shape, in pixels.
+
+    CogVideoX's VAE keeps every 4th frame (plus the first) and 1 pixel in 8 along each side.
+    """
+    shapes = Counter(e.latent_shape for e in entries)
+    (_, latent_frames, height, width), _ = max(shapes.items(), key=lambda item: (item[1], item[0]))
+    return {"frames": (latent_frames - 1) * 4 + 1, "height": height * 8, "width": width * 8,
+            "fps": info["frames"]["target_fps"]}

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ophora.curate.refine_llm import chat_completions_url, public_url, request_headers
-from ophora.errors import ConfigError, ModelError
+from ophora.core.config import option
+from ophora.core.endpoint import chat_completions_url, public_url, request_headers
+from ophora.core.errors import ConfigError, EndpointError, ModelError
 
 log = logging.getLogger(__name__)
 
+BACKENDS = ("ocr", "vlm", "off")
 VLM_PROMPT = ("These frames come from one surgical video clip. Is there any burned-in text, subtitle, caption, "
               "name, date, logo or watermark overlaid on the video? Answer with exactly one word: yes or no.")
 
@@ -32,7 +34,8 @@ VLM_PROMPT = ("These frames come from one surgical video clip. Is there any burn
 class PrivacyConfig:
     """Which detectors run and when they flag a clip."""
 
-    backend: str = "ocr"  # "ocr" (text detector + overlay check), "vlm" (endpoint), "off"
+    backend: str = option("ocr", "ocr: PP-OCRv4 text detector + static-overlay check; vlm: an OpenAI-compatible VLM "
+                          "endpoint", flag="--privacy", choices=BACKENDS)
     frames: int = 2  # frames per clip for the text detector or the VLM
     ocr_long_side: int = 640
     min_text_area: float = 0.0005
@@ -45,14 +48,14 @@ class PrivacyConfig:
     overlay_min_motion: float = 2.0  # mean temporal std (grey levels) the view needs for the check to apply
     min_box_aspect: float = 2.0  # a text line's length over its height
     max_text_height: float = 0.15  # a text line's height over the frame's
-    vlm_url: str | None = None
-    vlm_model: str | None = None
+    vlm_url: str | None = option(None, "e.g. http://localhost:8001/v1 (key from OPHORA_LLM_API_KEY)")
+    vlm_model: str | None = option(None, "e.g. Qwen/Qwen2.5-VL-72B-Instruct, as the server names it")
     vlm_timeout: float = 60.0
     vlm_retries: int = 3
     threads: int = 1
 
     def check(self) -> None:
-        if self.backend not in ("ocr", "vlm", "off"):
+        if self.backend not in BACKENDS:
             raise ConfigError(f"privacy backend must be ocr, vlm or off, got {self.backend!r}")
         if self.backend == "vlm" and not (self.vlm_url and self.vlm_model):
             raise ConfigError("the vlm privacy backend needs --vlm-url and --vlm-model")
@@ -128,7 +131,7 @@ def vlm_flag(frames: list[np.ndarray], config: PrivacyConfig) -> float:
         {"type": "image_url", "image_url": {"url": _jpeg_data_url(f)}} for f in frames]
     body = json.dumps({"model": config.vlm_model, "temperature": 0, "max_tokens": 3,
                        "messages": [{"role": "user", "content": content}]}).encode()
-    headers = request_headers()
+    headers = request_headers(config.vlm_url)
     url = chat_completions_url(config.vlm_url)
     error = "no attempt"
     for attempt in range(config.vlm_retries):
@@ -142,7 +145,7 @@ def vlm_flag(frames: list[np.ndarray], config: PrivacyConfig) -> float:
         except (urllib.error.URLError, TimeoutError, OSError, KeyError, IndexError, TypeError, ValueError) as exc:
             error = type(exc).__name__
         time.sleep(min(2 ** attempt * 0.5, 8))
-    raise ModelError(f"vlm privacy endpoint {public_url(url)} failed after {config.vlm_retries} tries ({error})")
+    raise EndpointError(f"vlm privacy endpoint {public_url(url)} failed after {config.vlm_retries} tries ({error})")
 
 
 def privacy_scores(frames: list[np.ndarray], samples: np.ndarray, config: PrivacyConfig) -> dict[str, float]:

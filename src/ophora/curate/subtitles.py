@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ophora.errors import MediaError
+from ophora.core.errors import MediaError
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ophora.errors import InputError
-from ophora.tables import read_id_text_rows
+from ophora.core.errors import InputError
+from ophora.core.tables import read_id_text_rows
 
 ID_COLUMN = "clip id"
 TEXT_COLUMN = "instruction"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ophora.data.cache import CacheEntry, load_clip
-from ophora.errors import InputError
+from ophora.core.latent_cache import CacheEntry, load_clip
+from ophora.core.errors import InputError
 
 
 def plan_epoch(entries: list[CacheEntry], global_batch: int, seed: int, epoch: int) -> list[list[int]]:

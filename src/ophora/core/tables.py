@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ophora.errors import InputError
+from ophora.core.errors import InputError
+
+ID_COLUMN = "clip id"  # the id column of every project CSV (prompt files, Ophora-160K lists, manifests)
 
 
 def read_text_file(path: Path, what: str) -> str:

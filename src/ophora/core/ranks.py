@@ -1,4 +1,4 @@
-"""The process's place among torchrun's ranks; a plain process is rank 0 of 1."""
+"""The process's place among torchrun's ranks (a plain process is rank 0 of 1) and the device each rank uses."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ophora.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -39,3 +41,17 @@ def barrier() -> None:
     """Wait for every rank (nothing to wait for in a plain process)."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def pick_device(requested: str | None, ranks: Ranks) -> str:
+    """The device a rank runs on: `requested` if given (checked), else its own GPU (local rank modulo GPUs) or the CPU."""
+    if requested:
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"--device {requested}: this machine has no CUDA GPU (torch {torch.__version__}); "
+                              "use --device cpu or leave --device out")
+        try:
+            torch.device(requested)
+        except RuntimeError:
+            raise ConfigError(f"--device {requested!r} is not a device torch knows (e.g. cpu, cuda, cuda:1)") from None
+        return requested
+    return f"cuda:{ranks.local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"

@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ophora.files import write_json
-from ophora.media import VideoWriter
+from ophora.core.files import write_json
+from ophora.core.media import VideoWriter
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -10,8 +9,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ophora.errors import MediaError
-from ophora.files import temp_path
+from ophora.core.errors import MediaError
+from ophora.core.files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -41,24 +40,28 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, qp: int = 18) 
         raise MediaError(f"no frames to write to {path}")
     if h % 2 or w % 2:
         raise MediaError(f"H.264 yuv420p needs even width and height, got {w}x{h} for {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            stream.options = {"qp": str(qp), "preset": "medium"}
-            for i, frame in enumerate(frames):
-                planes = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p").to_ndarray()
-                yuv = av.VideoFrame.from_ndarray(planes, format="yuv420p")
-                yuv.pts = i
-                container.mux(stream.encode(yuv))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4",
+                                          options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"qp": str(qp), "preset": "medium"}
+        for i, frame in enumerate(frames):
+            planes = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p").to_ndarray()
+            yuv = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            yuv.pts = i
+            container.mux(stream.encode(yuv))
+        container.mux(stream.encode())
     return path
+
+
+def stream_fps(stream, default: float = 0.0) -> float:
+    """A video stream's frame rate: its average rate, else the rate FFmpeg guesses, else `default`."""
+    return float(stream.average_rate or stream.guessed_rate or default)
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] to uint8, rounding to nearest."""
+    return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _open(path: Path):
@@ -79,7 +82,7 @@ def probe_video(path: str | Path) -> VideoInfo:
     path = Path(path)
     with _open(path) as container:
         stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        fps = stream_fps(stream)
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
         elif container.duration is not None:
@@ -95,7 +98,7 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     path = Path(path)
     with _open(path) as container:
         stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        fps = stream_fps(stream)
         try:
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         except av.error.FFmpegError as exc:
@@ -113,8 +116,8 @@ class VideoWriter:
         if width % 2 or height % 2:
             raise MediaError(f"H.264 yuv420p needs even width and height, got {width}x{height} for {path}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = temp_path(self.path)
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
         self._container = av.open(str(self._tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
         self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
@@ -136,9 +139,9 @@ class VideoWriter:
         self._container.mux(self._stream.encode())
         self._container.close()
         if not self._count:
-            self._tmp.unlink(missing_ok=True)
+            self._atomic.__exit__(MediaError, None, None)
             raise MediaError(f"no frames to write to {self.path}")
-        os.replace(self._tmp, self.path)
+        self._atomic.__exit__(None, None, None)
         return self.path
 
     def __enter__(self) -> "VideoWriter":
@@ -149,7 +152,7 @@ class VideoWriter:
             self.close()
         else:
             self._container.close()
-            self._tmp.unlink(missing_ok=True)
+            self._atomic.__exit__(exc_type, exc, tb)
 
 
 def video_rotation(path: str | Path) -> int:
@@ -194,10 +197,8 @@ def copy_segment(src: str | Path, dst: str | Path, start: float, end: float) -> 
     order) shown at or after `end`, so every copied frame decodes. Returns the span actually copied.
     """
     src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(dst)
     first = last = None
-    try:
+    with atomic_path(dst) as tmp:
         with _open(src) as container, av.open(str(tmp), mode="w", format="mp4",
                                               options={"movflags": "+faststart"}) as out:
             stream = container.streams.video[0]
@@ -223,10 +224,6 @@ def copy_segment(src: str | Path, dst: str | Path, start: float, end: float) -> 
                 out.mux(packet)
         if first is None or last is None:
             raise MediaError(f"no keyframe in [{start:.2f}, {end:.2f}) s of {src}")
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     fps = probe_video(dst).fps or 30.0
     return first, last + 1.0 / fps
 
@@ -241,7 +238,7 @@ def encode_segment(src: str | Path, dst: str | Path, start: float, end: float, c
         with _open(src) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            fps = float(stream.average_rate or stream.guessed_rate or 30)
+            fps = stream_fps(stream, 30.0)
             base = stream.start_time if stream.start_time is not None else 0
             container.seek(max(int(start / stream.time_base) + base, base), stream=stream, backward=True)
             for frame in container.decode(stream):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import html
+from urllib.parse import quote
 from pathlib import Path
 
-from ophora.files import write_text
+from ophora.core.files import write_text
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -33,7 +34,7 @@ def write_gallery(out: Path, records: list[dict], title: str) -> Path:
         meta = (f"seed {r['seed']} · {r['steps']} steps · guidance {r['guidance']} · "
                 f"{r['frames']} frames · {r['size']} · {r['fps']} fps · {r['seconds']} s")
         figures.append(FIGURE.format(
-            src=html.escape(str(r["path"]), quote=True), clip_id=html.escape(str(r["clip id"])), n=r["n"],
+            src=html.escape(quote(str(r["path"])), quote=True), clip_id=html.escape(str(r["clip_id"])), n=r["n"],
             prompt=html.escape(str(r["prompt"])), meta=html.escape(meta),
         ))
     return write_text(Path(out) / "index.html",

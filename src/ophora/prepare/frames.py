@@ -15,7 +15,8 @@ import av
 import numpy as np
 import torch
 
-from ophora.errors import InputError, MediaError
+from ophora.core.errors import InputError, MediaError
+from ophora.core.media import stream_fps
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def decode_frames(path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
             if not container.streams.video:
                 raise MediaError(f"{path} has no video stream")
             stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            fps = stream_fps(stream)
             src_h, src_w = stream.height, stream.width
             height, width = choose_bucket(src_h, src_w, settings.heights, settings.widths)
             frames = [resize_and_crop(f.to_ndarray(format="rgb24"), height, width) for f in container.decode(stream)]

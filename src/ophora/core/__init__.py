@@ -1,0 +1,1 @@
+"""Shared infrastructure below the stages: errors, files, media, ranks and devices, models, tables, formats, config."""

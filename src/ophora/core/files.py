@@ -1,0 +1,146 @@
+"""Atomic files and claimed folders: no reader ever sees half a file, and no folder mixes two sets of settings.
+
+Every file is written under a hidden temporary sibling name and renamed into place; folders (checkpoints,
+exported pipelines) the same way. A folder that a stage fills (a latent cache, a run) is *claimed*: its
+record holds the settings identity, and a later run may only continue it with the same identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ophora.core.errors import InputError
+
+PARTIAL = ".partial"
+
+
+def temp_path(path: Path) -> Path:
+    """A hidden sibling name for writing `path` atomically; unique per process and thread."""
+    return path.with_name(f".{path.stem}{PARTIAL}{os.getpid()}-{threading.get_ident()}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path`, on any failure it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder; on success it replaces the folder `path`, on failure it is removed."""
+    tmp = temp_dir(Path(path))
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        replace_dir(tmp, Path(path))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def temp_dir(path: Path) -> Path:
+    """The hidden sibling folder in which `path` is built (the same name on every rank)."""
+    return path.with_name(f".{path.name}{PARTIAL}")
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Move the finished folder `tmp` to `path`, replacing what was there."""
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def remove_partials(folder: Path) -> int:
+    """Delete the temporary files and folders a killed run left under `folder`; returns how many."""
+    stale = [p for p in folder.rglob(f".*{PARTIAL}*")] if folder.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (creating its folder)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text to `path` atomically (creating its folder)."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data) -> Path:
+    """Write `data` as indented JSON atomically; paths and other objects become strings."""
+    return write_text(path, json.dumps(data, indent=1, default=str, ensure_ascii=False))
+
+
+def write_csv(path: str | Path, columns: Sequence[str], rows: Sequence[dict] | Sequence[Sequence]) -> Path:
+    """Write a CSV with a header atomically; rows are dicts (keys beyond `columns` ignored) or sequences."""
+    buffer = io.StringIO()
+    if rows and isinstance(rows[0], dict):
+        writer = csv.DictWriter(buffer, list(columns), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+    else:
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from `path`, or an InputError naming the damaged file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InputError(f"{what} {path} is damaged or unreadable ({type(exc).__name__}); delete it or use another "
+                         "output folder") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{what} {path} does not hold a JSON object; delete it or use another output folder")
+    return data
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """The keys whose values differ between two settings identities, sorted."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def as_json_value(data):
+    """`data` as it reads back from JSON (tuples become lists, paths strings), for comparing identities."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def claim_folder(folder: Path, record: str, identity: dict, what: str, hint: str) -> bool:
+    """Check that `folder` is new, empty, or holds `what` made with the same `identity`.
+
+    Returns True when it already holds that same work (to be resumed). `record` is the file (inside the
+    folder) whose "identity" key holds the settings; `hint` tells the user how to choose another folder.
+    Raises InputError when the folder holds something else. Writing the record is the caller's business.
+    """
+    path = folder / record
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} exists and is not a folder; {hint}")
+    if path.is_file():
+        old = read_json(path, f"the record of this {what}").get("identity")
+        changed = differences(old if isinstance(old, dict) else {}, as_json_value(identity))
+        if changed:
+            raise InputError(f"{folder} holds a {what} made with other settings ({', '.join(changed)} differ); {hint}")
+        return True
+    if folder.is_dir() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
+        raise InputError(f"{folder} is not empty and holds no {what}; {hint}")
+    return False

@@ -1,1 +1,0 @@
-"""Datasets in the Ophora-160K layout and the latent cache that training reads."""

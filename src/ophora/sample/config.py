@@ -1,0 +1,96 @@
+"""`ophora sample`'s settings: one dataclass, from which the CLI flags are made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ophora.core.config import option
+from ophora.core.errors import ConfigError, InputError
+
+DTYPES = ("bf16", "fp16", "fp32")
+AUTHOR_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+@dataclass
+class SampleConfig:
+    """Everything `ophora sample` needs. Frames, size and fps default to what the model was trained for."""
+
+    model: str = option(help="hub id (e.g. General-Medical-AI/Ophora) or local diffusers pipeline folder")
+    out: Path = option(help="output folder: <out>/<clip id>/<n>.mp4, manifest.csv, index.html")
+    prompts: Path | None = option(None, "CSV (see --prompt-column/--id-column) or .txt file with one prompt a line")
+    prompt: str | None = option(None, "a single prompt (instead of --prompts)")
+    prompt_column: str = option("caption prompt", "CSV column holding the prompts")
+    id_column: str = option("clip id", "CSV column naming each prompt's videos")
+    videos_per_prompt: int = option(1, "videos made from each prompt (different seeds)")
+    steps: int = option(50, "denoising steps", aliases=("--num_inference_steps",))
+    guidance: float = option(6.0, "classifier-free guidance scale", aliases=("--guidance_scale",))
+    dynamic_cfg: bool = option(True, "CogVideoX's dynamic CFG (the guidance scale follows a cosine over the steps)")
+    negative_prompt: str = option("", "negative prompt for the unconditional half of CFG")
+    frames: int | None = option(None, "frames per video, 8k+1 (9, 17, ..., 49); default: the model's (49 for CogVideoX-2b)",
+                                aliases=("--num_frames",))
+    height: int | None = option(None, "video height, a multiple of 16; default: the model's")
+    width: int | None = option(None, "video width, a multiple of 16; default: the model's")
+    fps: int | None = option(None, "frame rate of the written videos; default: the model's")
+    seed: int = option(42, "run seed; each video's seed is derived from (seed, clip id, n)")
+    dtype: str | None = option(None, "weights and activations: bf16, fp16 or fp32; default: bf16 on GPU, fp32 on CPU",
+                               choices=(*DTYPES, *AUTHOR_DTYPES))
+    device: str | None = option(None, "default: cuda:<local rank> if a GPU is present, else cpu")
+    scheduler: str = option("dpm", "sampler", choices=("dpm", "ddim"))
+    lora: str | None = option(None, "LoRA weights (folder or .safetensors) to apply")
+    lora_scale: float = option(1.0, "LoRA strength")
+    vae_tiling: str = option("auto", "auto: decode untiled when it fits in free GPU memory", choices=("auto", "on", "off"))
+    qp: int = option(18, "H.264 constant quantizer, 0-51 (lower is better quality)")
+    overwrite: bool = option(False, "redo videos that already exist")
+    cfg_parallel: bool = option(False, "with torchrun: each pair of ranks shares one video, one CFG half each")
+    fuse_qkv: bool | None = option(None, "fuse the attention projections (default: on GPU)", cli=False)
+    step_progress: bool | None = option(None, "a progress bar over the steps of each video (default: on GPU)", cli=False)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.prompts = Path(self.prompts) if self.prompts is not None else None
+        self.dtype = AUTHOR_DTYPES.get(self.dtype, self.dtype)
+
+    def check(self) -> None:
+        """Catch every bad setting before any model is loaded (frames/size only once they are resolved)."""
+        if (self.prompts is None) == (self.prompt is None):
+            raise InputError("give exactly one of --prompts FILE or --prompt TEXT")
+        for name in ("steps", "videos_per_prompt"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.qp <= 51:
+            raise ConfigError(f"--qp must be between 0 and 51, got {self.qp}")
+        if self.cfg_parallel and self.guidance <= 1.0:
+            raise ConfigError("--cfg-parallel splits classifier-free guidance over two ranks and needs --guidance > 1")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.lora is not None and not Path(self.lora).exists():
+            raise InputError(f"LoRA weights not found: {self.lora}")
+        if self.frames is not None:
+            check_video_shape(self.frames, self.height or 16, self.width or 16, self.fps or 1)
+
+    def with_video(self, video: dict) -> "SampleConfig":
+        """This config with unset frames/height/width/fps taken from `video` (the model's settings), checked."""
+        import dataclasses
+
+        filled = {k: getattr(self, k) if getattr(self, k) is not None else int(video[k]) for k in ("frames", "height", "width", "fps")}
+        check_video_shape(**filled)
+        return dataclasses.replace(self, **filled)
+
+    def settings(self) -> dict:
+        """The settings a finished video's pixels depend on (besides its prompt, seed and the weights)."""
+        keys = ["model", "steps", "guidance", "dynamic_cfg", "negative_prompt", "frames", "height", "width",
+                "fps", "scheduler", "lora", "lora_scale", "dtype", "qp"]
+        return {k: getattr(self, k) for k in keys}
+
+
+def check_video_shape(frames: int, height: int, width: int, fps: int) -> None:
+    """Frames must be 8k+1 (CogVideoX's causal VAE decodes an odd number of latent frames) and sides multiples of 16."""
+    if frames < 1 or (frames - 1) % 8:
+        raise ConfigError(f"--frames must be of the form 8k+1 (9, 17, 25, 33, 41, 49), got {frames}: CogVideoX's VAE "
+                          "turns (frames - 1) / 4 + 1 latent frames into video and needs that number odd")
+    for name, value in (("height", height), ("width", width)):
+        if value <= 0 or value % 16:
+            raise ConfigError(f"--{name} must be a positive multiple of 16, got {value}")
+    if fps < 1:
+        raise ConfigError(f"--fps must be at least 1, got {fps}")

@@ -1,0 +1,66 @@
+"""Loading and configuring the pipeline for sampling, and generating one video."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ophora.core.errors import InputError
+from ophora.core.media import to_uint8
+from ophora.core.models import load_pipeline, parse_dtype
+from ophora.sample.config import SampleConfig
+from ophora.sample.jobs import Job
+
+
+def prepare_pipeline(config: SampleConfig, device: str):
+    """Load the pipeline named by `config.model` and configure it for sampling."""
+    pipe = load_pipeline(config.model, device=device, dtype=parse_dtype(config.dtype, device), scheduler=config.scheduler)
+    return configure_pipeline(pipe, config, device)
+
+
+def configure_pipeline(pipe, config: SampleConfig, device: str):
+    """Apply LoRA, fused attention projections, the VAE memory mode and progress settings."""
+    if config.lora:
+        try:
+            pipe.load_lora_weights(config.lora, adapter_name="ophora")
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"cannot load LoRA weights from {config.lora}: {exc}") from None
+        pipe.set_adapters(["ophora"], [config.lora_scale])
+    fuse = config.fuse_qkv if config.fuse_qkv is not None else device.startswith("cuda")
+    if fuse and not config.lora:  # LoRA layers wrap the separate q/k/v projections
+        pipe.transformer.fuse_qkv_projections()
+    tiling = config.vae_tiling == "on" or (config.vae_tiling == "auto" and not _untiled_decode_fits(config, device))
+    if tiling:
+        pipe.vae.enable_tiling()
+        pipe.vae.enable_slicing()
+    show_steps = config.step_progress if config.step_progress is not None else device.startswith("cuda")
+    pipe.set_progress_bar_config(disable=not show_steps, leave=False, position=1, desc="steps")
+    return pipe
+
+
+def _untiled_decode_fits(config: SampleConfig, device: str) -> bool:
+    """Whether decoding the whole video at once fits in free GPU memory (always true on the CPU)."""
+    if not device.startswith("cuda"):
+        return True
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    # Measured: 18.5 GiB peak for 49x480x720 in bf16; activation memory scales with pixels x frames.
+    need = 18.5 * 2**30 * (config.frames * config.height * config.width) / (49 * 480 * 720)
+    return free > 1.3 * need
+
+
+def generate(pipe, config: SampleConfig, job: Job, device: str, decode: bool = True) -> np.ndarray | None:
+    """One video as uint8 frames (F, H, W, 3); with `decode=False` only the denoising runs."""
+    generator = torch.Generator(device=device).manual_seed(job.seed)
+    frames = pipe(
+        prompt=job.prompt,
+        negative_prompt=config.negative_prompt or None,
+        height=config.height,
+        width=config.width,
+        num_frames=config.frames,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance,
+        use_dynamic_cfg=config.dynamic_cfg,
+        generator=generator,
+        output_type="np" if decode else "latent",
+    ).frames[0]
+    return to_uint8(frames) if decode else None

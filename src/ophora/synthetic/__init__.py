@@ -1,0 +1,1 @@
+"""Synthetic inputs for tests, the demo and benchmarks: narrated sample videos and random pipelines of real architectures."""
