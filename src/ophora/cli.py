@@ -112,6 +112,33 @@ def _sample(config) -> int:
     return EXIT_PARTIAL if summary.failed else EXIT_OK
 
 
+def _review_create(config) -> int:
+    result = _load("ophora.review.study:create_study")(config)
+    print(f"{config.study}: {result.added} videos added, {result.videos} in the study")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.admin_link:
+        print(f"admin link (progress view; keep it private, it is shown only now): {result.admin_link}")
+    return EXIT_OK
+
+
+def _review_add_rater(config) -> int:
+    rater = _load("ophora.review.study:add_rater")(config)
+    what = "admin link" if config.admin else f"link of {rater.name} ({rater.videos} videos)"
+    print(f"{what}; send it privately, it is shown only now: {rater.link}")
+    return EXIT_OK
+
+
+def _review_serve(config) -> int:
+    _load("ophora.review.server:serve")(config)
+    return EXIT_OK
+
+
+def _review_export(config) -> int:
+    print(_load("ophora.review.export:export")(config))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Command] = {
     "demo": Command("run the pipeline end to end on a tiny untrained model and write a gallery",
                     "ophora.cli:DemoConfig", _demo),
@@ -128,6 +155,16 @@ COMMANDS: dict[str, Command] = {
     "make-random-model": Command("write a randomly initialised CogVideoX pipeline (diffusers layout) for tests, the "
                                  "demo and benchmarks", "ophora.cli:RandomModelConfig", _random_model,
                                  aliases=("make-tiny-model",)),
+    "review": Command("a blinded web app in which ophthalmologists rate generated videos", sub={
+        "create": Command("define a study (or add videos to one): videos, criteria, per-rater random orders",
+                          "ophora.review.config:CreateConfig", _review_create),
+        "add-rater": Command("add a rater and print their personal link (only a hash of it is stored)",
+                             "ophora.review.config:AddRaterConfig", _review_add_rater),
+        "serve": Command("serve the rater pages and the admin's progress view",
+                         "ophora.review.config:ServeConfig", _review_serve),
+        "export": Command("write every answer as CSV plus the summary (HTML with plots, CSV, JSON)",
+                          "ophora.review.config:ExportConfig", _review_export),
+    }),
 }
 DEPRECATED = {alias: name for name, c in COMMANDS.items() for alias in c.aliases}
 
