@@ -49,7 +49,7 @@ def make_real(folder: Path, count: int = 2) -> Path:
     for i in range(count):
         clip = f"{PHASES[i % len(PHASES)]}_{90 + i}"
         write_video(folder / "clips" / f"{clip}.mp4", _frames(900 + i, 30, 72, 96), fps=24)
-        lines.append(f"{clip},Real instruction {i}.")
+        lines.append(f"{clip},Perform {PHASES[i % len(PHASES)]} step {90 + i}.")
     (folder / "instructions.csv").write_text("\n".join(lines) + "\n")
     return folder
 
