@@ -315,7 +315,7 @@ def test_global_batches_hold_one_bucket_each_and_follow_the_seed():
     from ophora.core.latent_cache import CacheEntry
 
     shapes = [(16, 13, 60, 90)] * 7 + [(16, 13, 60, 120)] * 5
-    entries = [CacheEntry(f"c{i}", f"clips/c{i}.safetensors", "x", s) for i, s in enumerate(shapes)]
+    entries = [CacheEntry(f"c{i}", f"clips/c{i}.safetensors", s) for i, s in enumerate(shapes)]
     plan = plan_epoch(entries, 2, seed=3, epoch=0)
     assert len(plan) == batches_per_epoch(entries, 2) == 3 + 2
     assert all(len(b) == 2 and len({entries[i].latent_shape for i in b}) == 1 for b in plan)

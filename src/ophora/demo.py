@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from ophora.synthetic.random_pipeline import make_random_model
-from ophora.sample.run import SampleConfig, sample
+from ophora.sample import SampleConfig, sample
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def run_demo(out: str | Path, model: str | None = None) -> Path:
 
     from ophora.curate.pipeline import CurateConfig, curate
     from ophora.synthetic.narrated_videos import make_sample_videos
-    from ophora.prepare.run import PrepareConfig, prepare
+    from ophora.prepare import PrepareConfig, prepare
     from ophora.train.config import load_config
     from ophora.train.trainer import train
 

@@ -13,6 +13,10 @@ from ophora.core.errors import MediaError
 from ophora.core.files import atomic_path
 
 
+class NoVideoStreamError(MediaError):
+    """The file opens but holds no video stream (an audio file, a subtitle file)."""
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What the container says about a video stream."""
@@ -73,7 +77,7 @@ def _open(path: Path):
         raise MediaError(f"cannot open video {path}: {exc}") from None
     if not container.streams.video:
         container.close()
-        raise MediaError(f"{path} has no video stream")
+        raise NoVideoStreamError(f"{path} has no video stream")
     return container
 
 

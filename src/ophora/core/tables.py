@@ -10,6 +10,11 @@ from ophora.core.errors import InputError
 ID_COLUMN = "clip id"  # the id column of every project CSV (prompt files, Ophora-160K lists, manifests)
 
 
+def csv_row(record: dict) -> dict:
+    """A record as a CSV row: the code's `clip_id` key becomes the files' "clip id" column."""
+    return {ID_COLUMN if k == "clip_id" else k: v for k, v in record.items()}
+
+
 def read_text_file(path: Path, what: str) -> str:
     """The UTF-8 text of `path` (a BOM is dropped), or an InputError naming `what` is missing or unreadable."""
     if not path.is_file():

@@ -34,21 +34,23 @@ from ophora.curate.refine import RefineConfig, make_refiner
 from ophora.curate.report import write_report
 from ophora.curate.segment import Span, clip_spans, sentence_spans
 from ophora.core.config import option
-from ophora.core.errors import ConfigError, InputError, MediaError, OphoraError
+from ophora.core.errors import ConfigError, InputError, MediaError, OphoraError, failure_record
 from ophora.core.endpoint import public_url
 from ophora.core.files import as_json_value, atomic_path, remove_partials, write_bytes, write_csv, write_json, write_text
-from ophora.core.media import copy_segment, encode_segment, probe_video, video_rotation
+from ophora.core.tables import ID_COLUMN, csv_row
+from ophora.core.media import NoVideoStreamError, copy_segment, encode_segment, probe_video, video_rotation
 from ophora.curate.subtitles import Cue, find_sidecar, normalize_cues, read_subtitles
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
-CSV_COLUMNS = ["clip id", "instruction"]
+CSV_COLUMNS = [ID_COLUMN, "instruction"]
 ENGINES = ("local", "ray")
+TRANSIENT = ("write_failed",)  # reasons that are no decision about the content: retried on a rerun
 CLIP_MODES = ("copy", "reencode")
 SCORE_COLUMNS = ["cuts_inside", "motion", "frozen_fraction", "black_fraction", "blank_fraction",
                  "text_area", "text_boxes", "overlay_area", "vlm_flag"]
-MANIFEST_COLUMNS = ["clip id", "source", "start", "end", "duration", "width", "height", "fps", "narration",
+MANIFEST_COLUMNS = ["clip_id", "source", "start", "end", "duration", "width", "height", "fps", "narration",
                     "instruction", "decision", "reason", "privacy_reason", "trimmed", *SCORE_COLUMNS]
 
 
@@ -159,9 +161,10 @@ def plan_source(path: Path, config: CurateConfig) -> list[Span]:
         raise SkipSource("empty_file", "the file is empty")
     try:
         info = probe_video(path)
+    except NoVideoStreamError as exc:
+        raise SkipSource("no_video_stream", str(exc)) from None
     except MediaError as exc:
-        reason = "no_video_stream" if "no video stream" in str(exc) else "unreadable"
-        raise SkipSource(reason, str(exc)) from None
+        raise SkipSource("unreadable", str(exc)) from None
     sidecar = find_sidecar(path)
     if sidecar is not None:
         try:
@@ -190,7 +193,7 @@ def _fingerprint(path: Path, spans: list, settings: dict) -> str:
 
 def _row(job: SourceJob, index: int, span: tuple, **values) -> dict:
     start, end, narration, instruction = span
-    row = {"clip id": f"{job.stem}_{index}", "source": job.source, "start": start, "end": end,
+    row = {"clip_id": f"{job.stem}_{index}", "source": job.source, "start": start, "end": end,
            "duration": end - start, "width": 0, "height": 0, "fps": 0.0, "narration": narration,
            "instruction": instruction, "decision": "drop", "reason": "", "privacy_reason": "",
            "trimmed": False, **{k: float("nan") for k in SCORE_COLUMNS}}
@@ -215,7 +218,7 @@ def judge_clip(job: SourceJob, index: int, scan, rotation: int, config: CurateCo
     start, _, _, instruction = span
     end = min(span[1], scan.end_time)
     row = _row(job, index, span, width=scan.width, height=scan.height, fps=scan.fps, end=end, duration=end - start)
-    clip_id = row["clip id"]
+    clip_id = row["clip_id"]
     (config.out / "thumbs").mkdir(parents=True, exist_ok=True)
     _thumbnail(scan, start, end, config.out / "thumbs" / f"{clip_id}.jpg")
     if end - start < config.min_s:
@@ -250,7 +253,7 @@ def judge_clip(job: SourceJob, index: int, scan, rotation: int, config: CurateCo
             a, b = copy_segment(job.path, target, a, b)
         else:
             a, b = encode_segment(job.path, target, a, b, crf=config.crf, rotation=rotation)
-    except (MediaError, av.error.FFmpegError) as exc:
+    except (MediaError, av.error.FFmpegError, OSError) as exc:
         log.warning("%s: cannot write the clip (%s)", clip_id, exc)
         return {**row, "reason": "write_failed"}
     return {**row, "start": a, "end": b, "duration": b - a, "decision": "keep"}
@@ -275,8 +278,12 @@ def process_source(job: SourceJob, config: CurateConfig) -> dict:
             record["rows"] = [judge_clip(job, i, scan, rotation, config) for i in range(len(job.spans))]
     except (MediaError, av.error.FFmpegError) as exc:
         record.update(skipped="undecodable", detail=str(exc), rows=[])
+    except Exception as exc:  # a bug or a transient failure: recorded, retried on a rerun (core/errors.py)
+        failure = failure_record(exc, log, f"source {job.source}")
+        record.update(skipped="failed", detail=f"{failure['error_type']}: {failure['error']}", rows=[])
     record["seconds"] = time.perf_counter() - started
-    write_text(record_path, json.dumps(record, default=_json_default))
+    if record["skipped"] != "failed" and not any(r["reason"] in TRANSIENT for r in record["rows"]):
+        write_text(record_path, json.dumps(record, default=_json_default))  # only final decisions are kept
     return record
 
 
@@ -295,7 +302,7 @@ def _load_record(job: SourceJob, out: Path) -> dict | None:
     if record.get("fingerprint") != job.fingerprint:
         return None
     kept = [r for r in record["rows"] if r["decision"] == "keep"]
-    return record if all((out / "clips" / f"{r['clip id']}.mp4").is_file() for r in kept) else None
+    return record if all((out / "clips" / f"{r['clip_id']}.mp4").is_file() for r in kept) else None
 
 
 def run_local(jobs: list[SourceJob], config: CurateConfig, workers: int):
@@ -331,9 +338,9 @@ def run_ray(jobs: list[SourceJob], config: CurateConfig):
 def write_outputs(rows: list[dict], skipped: list[dict], summary: dict, out: Path, examples_per_reason: int = 3) -> None:
     """instructions.csv, privacy_preserved.csv, manifest.parquet, skipped_sources.csv, summary.json, report.html."""
     kept = [r for r in rows if r["decision"] == "keep"]
-    write_csv(out / "instructions.csv", CSV_COLUMNS, kept)
-    write_csv(out / "privacy_preserved.csv", CSV_COLUMNS, [r for r in kept if not r["privacy_reason"]])
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    write_csv(out / "instructions.csv", CSV_COLUMNS, [csv_row(r) for r in kept])
+    write_csv(out / "privacy_preserved.csv", CSV_COLUMNS, [csv_row(r) for r in kept if not r["privacy_reason"]])
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).rename(columns={"clip_id": ID_COLUMN})
     manifest["privacy_preserved"] = (manifest["decision"] == "keep") & (manifest["privacy_reason"] == "")
     with atomic_path(out / "manifest.parquet") as tmp:
         manifest.to_parquet(tmp, index=False)
@@ -442,6 +449,7 @@ def _summary(config: CurateConfig, refiner, n_sources: int, rows: list[dict], sk
         "config": settings,
         "versions": _versions(refiner),
         "sources": {"found": n_sources, "skipped": len(skipped),
+                    "failed": sum(1 for s in skipped if s["reason"] == "failed"),
                     "skipped_by_reason": dict(Counter(s["reason"] for s in skipped))},
         "clips": {"candidates": len(rows), "kept": len(kept),
                   "dropped_by_reason": dict(Counter(r["reason"] for r in rows if r["decision"] != "keep")),

@@ -20,7 +20,7 @@ from ophora.core.files import write_csv, write_json
 from ophora.core.media import write_video
 from ophora.core.models import parse_dtype, resolve_model, video_settings, weights_fingerprint
 from ophora.core.ranks import Ranks, barrier, init_ranks, pick_device
-from ophora.core.tables import ID_COLUMN
+from ophora.core.tables import csv_row
 from ophora.core.versions import versions
 from ophora.sample.cfg_parallel import pair_groups, split_cfg_batch
 from ophora.sample.config import SampleConfig
@@ -138,11 +138,6 @@ def sample(config: SampleConfig) -> SampleSummary:
         write_gallery(config.out, records, title=f"ophora sample: {config.model}")
     _log_summary(summary, ranks)
     return summary
-
-
-def csv_row(record: dict) -> dict:
-    """A record as a CSV row: the id travels as the column "clip id"."""
-    return {ID_COLUMN if k == "clip_id" else k: v for k, v in record.items()}
 
 
 def _log_summary(summary: SampleSummary, ranks: Ranks) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ophora.core.files import atomic_dir, write_json
+from ophora.core.models import TRAIN_RECORD
 
 BASE_PARTS = ("model_index.json", "text_encoder", "tokenizer", "vae", "scheduler")
 
@@ -37,5 +38,5 @@ def export_pipeline(base: Path, transformer_config: dict, state_dict: dict[str, 
         transformer = CogVideoXTransformer3DModel.from_config(transformer_config)
         transformer.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
         transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
-        write_json(tmp / "ophora_train.json", record)
+        write_json(tmp / TRAIN_RECORD, record)
     return dest

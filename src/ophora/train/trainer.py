@@ -22,7 +22,7 @@ from ophora.train.batches import MicroBatches
 from ophora.core.dataset import read_csv_pairs
 from ophora.core.errors import ConfigError, InputError
 from ophora.core.latent_cache import cache_video_settings, read_cache_info, read_index
-from ophora.core.models import encoder_fingerprint, resolve_model
+from ophora.core.models import TRAIN_RECORD, encoder_fingerprint, resolve_model
 from ophora.core.versions import versions
 from ophora.train.blocks import configure_blocks
 from ophora.train.checkpoint import TrainState, claim_run, resume, save_checkpoint, truncate_metrics, write_run_record
@@ -272,7 +272,7 @@ def train(config: TrainConfig) -> Path:
             validator = validate(accelerator, model, model_dir, config, out, step, validator, video)
 
     # 5. export
-    if state.step >= config.steps and config.export:
+    if state.step >= config.steps and config.export and not exported(out, state):
         export(accelerator, model, model_dir, config, out, state, video)
     accelerator.end_training()
     return out
@@ -292,6 +292,15 @@ def validate(accelerator, model, model_dir: Path, config: TrainConfig, out: Path
             tracker.add_image(f"validation/{i}", frame, step, dataformats="HWC")
     accelerator.wait_for_everyone()
     return validator
+
+
+def exported(out: Path, state: TrainState) -> bool:
+    """Whether out/final already holds this run's model at this step (a finished run rerun: keep it as is)."""
+    record = out / "final" / TRAIN_RECORD
+    try:
+        return json.loads(record.read_text()).get("steps") == state.step
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def export(accelerator, model, model_dir: Path, config: TrainConfig, out: Path, state: TrainState, video: dict) -> None:
