@@ -139,6 +139,14 @@ def _review_export(config) -> int:
     return EXIT_OK
 
 
+def _evaluate(config) -> int:
+    result = _load("ophora.evaluate.run:evaluate")(config)
+    shown = ", ".join(f"{k} {result[k]:.4g}" for k in ("fid", "fvd", "clipscore", "leakage_rate", "memorisation_rate",
+                                                       "temporal_consistency") if result.get(k) is not None)
+    print(f"{shown or 'no metric computed'} -> {config.out / 'metrics.json'}")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Command] = {
     "demo": Command("run the pipeline end to end on a tiny untrained model and write a gallery",
                     "ophora.cli:DemoConfig", _demo),
@@ -152,6 +160,8 @@ COMMANDS: dict[str, Command] = {
                      "ophora.cli:TrainArgs", _train),
     "sample": Command("generate videos from prompts (multi-GPU with torchrun), resumable",
                       "ophora.sample.config:SampleConfig", _sample),
+    "evaluate": Command("FID, FVD, CLIPScore, privacy leakage, memorisation and temporal consistency of generated "
+                        "videos against real ones", "ophora.evaluate.run:EvaluateConfig", _evaluate),
     "make-random-model": Command("write a randomly initialised CogVideoX pipeline (diffusers layout) for tests, the "
                                  "demo and benchmarks", "ophora.cli:RandomModelConfig", _random_model,
                                  aliases=("make-tiny-model",)),
