@@ -43,6 +43,11 @@ class SampleConfig:
     qp: int = option(18, "H.264 constant quantizer, 0-51 (lower is better quality)")
     overwrite: bool = option(False, "redo videos that already exist")
     cfg_parallel: bool = option(False, "with torchrun: each pair of ranks shares one video, one CFG half each")
+    attention: str = option("auto", "attention kernel: auto = FlashAttention-3 (fa3-fwd package) on Hopper GPUs, else "
+                            "PyTorch SDPA; fa3 and sdpa are exact; fp8 (FA3 with FP8 operands, per-head scales) is "
+                            "faster and inexact", choices=("auto", "fa3", "sdpa", "fp8"))
+    compile: bool = option(False, "torch.compile the repeated transformer block on GPU (faster steps; the first video "
+                                  "pays about a minute of compiling, cached on disk for later runs)")
     fuse_qkv: bool | None = option(None, "fuse the attention projections (default: on GPU)", cli=False)
     step_progress: bool | None = option(None, "a progress bar over the steps of each video (default: on GPU)", cli=False)
 
@@ -81,6 +86,8 @@ class SampleConfig:
         """The settings a finished video's pixels depend on (besides its prompt, seed and the weights)."""
         keys = ["model", "steps", "guidance", "dynamic_cfg", "negative_prompt", "frames", "height", "width",
                 "fps", "scheduler", "lora", "lora_scale", "dtype", "qp"]
+        if self.attention == "fp8":  # the exact kernels (and compiling) only change bf16 rounding
+            keys.append("attention")
         return {k: getattr(self, k) for k in keys}
 
 

@@ -10,6 +10,7 @@ from ophora.core.media import to_uint8
 from ophora.core.models import load_pipeline, parse_dtype
 from ophora.sample.config import SampleConfig
 from ophora.sample.jobs import Job
+from ophora.sample.speed import configure_speed
 
 
 def prepare_pipeline(config: SampleConfig, device: str):
@@ -19,7 +20,8 @@ def prepare_pipeline(config: SampleConfig, device: str):
 
 
 def configure_pipeline(pipe, config: SampleConfig, device: str):
-    """Apply LoRA, fused attention projections, the VAE memory mode and progress settings."""
+    """Apply LoRA, fused attention projections, the attention kernel and compiling, the VAE memory mode and
+    progress settings."""
     if config.lora:
         try:
             pipe.load_lora_weights(config.lora, adapter_name="ophora")
@@ -29,6 +31,7 @@ def configure_pipeline(pipe, config: SampleConfig, device: str):
     fuse = config.fuse_qkv if config.fuse_qkv is not None else device.startswith("cuda")
     if fuse and not config.lora:  # LoRA layers wrap the separate q/k/v projections
         pipe.transformer.fuse_qkv_projections()
+    configure_speed(pipe, config.attention, config.compile, device)
     tiling = config.vae_tiling == "on" or (config.vae_tiling == "auto" and not _untiled_decode_fits(config, device))
     if tiling:
         pipe.vae.enable_tiling()
