@@ -20,10 +20,22 @@ PHASES = ("capsulorhexis", "phacoemulsification", "incision")
 
 
 def _frames(seed: int, n: int, h: int, w: int) -> np.ndarray:
+    """A cartoon eye under the microscope (sclera, iris, pupil) with an instrument sweeping across it."""
+    import cv2
+
     rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, (1, h, w, 3), dtype=np.uint8)
-    shift = np.arange(n, dtype=np.uint8)[:, None, None, None] * 9
-    return (base + shift).astype(np.uint8)
+    iris = tuple(int(c) for c in rng.integers(60, 160, 3))
+    frames = []
+    for i in range(n):
+        img = np.full((h, w, 3), (150, 40, 35), np.uint8)
+        c, r = (w // 2, h // 2), min(h, w) // 2 - 2
+        cv2.circle(img, c, r, (235, 225, 215), -1, cv2.LINE_AA)
+        cv2.circle(img, c, int(r * 0.62), iris, -1, cv2.LINE_AA)
+        cv2.circle(img, c, int(r * 0.3), (20, 15, 15), -1, cv2.LINE_AA)
+        tip = (int(w * (0.25 + 0.5 * i / max(n - 1, 1))), int(h * 0.45))
+        cv2.line(img, (w - 1, h - 1), tip, (200, 200, 210), max(1, w // 40), cv2.LINE_AA)
+        frames.append(img)
+    return np.stack(frames)
 
 
 def make_samples(folder: Path, per_phase: int = 2, frames: int = 9, size: int = 64) -> Path:

@@ -247,12 +247,15 @@ def make_app(folder: str | Path) -> Starlette:
         data = await run_in_threadpool(answers.progress, db())
         return JSONResponse(data, headers={"cache-control": "no-store"})
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204, headers={"cache-control": "max-age=86400"})
+
     async def not_found(request: Request, exc) -> Response:
         return _error(getattr(exc, "status_code", 404), "not found")
 
     routes = [
         Route("/", page), Route("/admin", page),
-        Route("/static/{name}", asset),
+        Route("/static/{name}", asset), Route("/favicon.ico", favicon),
         Route("/api/session", session_endpoint("rater"), methods=["POST"]),
         Route("/api/admin/session", session_endpoint("admin"), methods=["POST"]),
         Route("/api/state", get_state),

@@ -27,7 +27,7 @@ from pathlib import Path
 from ophora.core.errors import InputError
 from ophora.review.config import AddRaterConfig, CreateConfig
 from ophora.review.criteria import DEFAULT_CRITERIA, Criterion, read_criteria
-from ophora.review.inputs import Source, read_generated, read_real
+from ophora.review.inputs import read_generated, read_real
 from ophora.review.transcode import Target, choose_target, transcode
 
 log = logging.getLogger("ophora.review")

@@ -8,6 +8,7 @@ let active = 0;        // the criterion the number keys rate
 const queue = [];      // writes not yet confirmed, sent one at a time in order
 let sending = false;
 let commentTimer = null;
+let commentDirty = false;  // typed into since the last save (only typing saves a comment)
 
 function requestId() {
   const bytes = new Uint8Array(16);
@@ -87,6 +88,8 @@ function setScore(ci, value) {
 function saveComment() {
   clearTimeout(commentTimer);
   commentTimer = null;
+  if (!commentDirty) return;
+  commentDirty = false;
   const it = item(), text = $("comment").value;
   if (text === it.comment) return;
   it.comment = text;
@@ -213,13 +216,13 @@ async function start() {
 
 window.addEventListener("keydown", onKey, true);
 window.addEventListener("beforeunload", (e) => {
-  if (S && commentTimer) saveComment();
+  if (S && commentDirty) saveComment();
   if (queue.length) { e.preventDefault(); e.returnValue = ""; }
 });
 document.addEventListener("DOMContentLoaded", () => {
   $("prev").addEventListener("click", () => go(index - 1));
   $("next").addEventListener("click", () => go(index + 1));
-  $("comment").addEventListener("input", () => { clearTimeout(commentTimer); commentTimer = setTimeout(saveComment, 800); });
+  $("comment").addEventListener("input", () => { commentDirty = true; clearTimeout(commentTimer); commentTimer = setTimeout(saveComment, 800); });
   $("comment").addEventListener("blur", saveComment);
   start();
 });
