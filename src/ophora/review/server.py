@@ -97,12 +97,16 @@ def make_app(folder: str | Path) -> Starlette:
             local.db = connect(folder / DB_NAME)
         return local.db
 
+    async def in_db(fn, *args):
+        """fn(connection, *args) in a worker thread, with that thread's own connection."""
+        return await run_in_threadpool(lambda: fn(db(), *args))
+
     def cookie(role: str) -> str:
         return f"ophora_{role}_{study_id}"
 
     async def who(request: Request, role: str) -> tuple[answers.Rater | None, str]:
         token = request.cookies.get(cookie(role), "")
-        rater = await run_in_threadpool(answers.authenticate, db(), token, role) if token else None
+        rater = await in_db(answers.authenticate, token, role) if token else None
         return rater, token
 
     def same_origin(request: Request) -> bool:
@@ -185,7 +189,7 @@ def make_app(folder: str | Path) -> Starlette:
             token = data.get("token")
             if not isinstance(token, str) or set(data) != {"token"}:
                 raise answers.Refused(422, "expected a token")
-            rater = await run_in_threadpool(answers.authenticate, db(), token, role)
+            rater = await in_db(answers.authenticate, token, role)
             if rater is None:
                 raise answers.Refused(401, "this link is not valid; ask the study organiser for yours")
             response = JSONResponse({"ok": True}, headers={"cache-control": "no-store"})
@@ -201,14 +205,14 @@ def make_app(folder: str | Path) -> Starlette:
         rater, token = await who(request, "rater")
         if rater is None:
             raise answers.Refused(401, "not signed in; open your personal link again")
-        data = await run_in_threadpool(answers.state, db(), rater)
+        data = await in_db(answers.state, rater)
         return JSONResponse({**data, "csrf": csrf_value(token)}, headers={"cache-control": "no-store"})
 
     @refusing
     async def post_score(request: Request) -> Response:
         rater, data = await write_guard(request)
         data = fields(data, {"request": str, "video": str, "criterion": str, "score": int})
-        await run_in_threadpool(answers.record_score, db(), rater, data["request"], data["video"], data["criterion"],
+        await in_db(answers.record_score, rater, data["request"], data["video"], data["criterion"],
                                 data["score"])
         return JSONResponse({"ok": True}, headers={"cache-control": "no-store"})
 
@@ -216,7 +220,7 @@ def make_app(folder: str | Path) -> Starlette:
     async def post_comment(request: Request) -> Response:
         rater, data = await write_guard(request)
         data = fields(data, {"request": str, "video": str, "comment": str})
-        await run_in_threadpool(answers.record_comment, db(), rater, data["request"], data["video"], data["comment"])
+        await in_db(answers.record_comment, rater, data["request"], data["video"], data["comment"])
         return JSONResponse({"ok": True}, headers={"cache-control": "no-store"})
 
     @refusing
@@ -227,8 +231,8 @@ def make_app(folder: str | Path) -> Starlette:
         video_id = request.path_params["video"]
         if not VIDEO_ID.fullmatch(video_id):
             raise answers.Refused(404, "no such video")
-        assigned = await run_in_threadpool(
-            lambda: db().execute("SELECT 1 FROM assignments WHERE rater=? AND video=?", (rater.id, video_id)).fetchone())
+        assigned = await in_db(lambda c: c.execute("SELECT 1 FROM assignments WHERE rater=? AND video=?",
+                                                   (rater.id, video_id)).fetchone())
         path = media / f"{video_id}.mp4"  # video_id is 32 hex digits: no separator, no dot
         if assigned is None or path.parent != media or not path.is_file():
             raise answers.Refused(404, "no such video")
@@ -244,7 +248,7 @@ def make_app(folder: str | Path) -> Starlette:
         admin, _ = await who(request, "admin")
         if admin is None:
             raise answers.Refused(401, "not signed in as admin; open the admin link again")
-        data = await run_in_threadpool(answers.progress, db())
+        data = await in_db(answers.progress)
         return JSONResponse(data, headers={"cache-control": "no-store"})
 
     async def favicon(request: Request) -> Response:
