@@ -18,8 +18,8 @@ def texture_video(seed: int, frames: int = 20, size: tuple[int, int] = (64, 64),
     rng = np.random.default_rng(seed)
     h, w = size
     big = rng.uniform(0, 255, (h + 2 * frames * speed, w + 2 * frames * speed, 3)).astype(np.float32)
-    big = cv2.GaussianBlur(big, (0, 0), 3)
-    big = (big - big.mean()) * 3 + 128 + brightness
+    big = cv2.GaussianBlur(big, (0, 0), 1.5)
+    big = (big - big.mean()) * 4 + 128 + brightness
     out = np.stack([big[i * speed:i * speed + h, i * speed:i * speed + w] for i in range(frames)])
     return np.clip(out, 0, 255).astype(np.uint8)
 

@@ -4,7 +4,8 @@ Each generated video's nearest training clips are found by the cosine similarity
 (the mean FID-Inception feature of its frames when the Inception weights are given, else its I3D logits,
 else a weight-free descriptor: 32x32 grey thumbnails of 8 evenly spaced frames, each standardised). The
 `candidates` nearest are then compared pixel by pixel: SSIM over aligned frames (8 frames at the same
-relative times, evenly spaced over each video, grey, both scaled to 256 pixels wide). A generated video
+relative times, evenly spaced over each video, grey, at most 256 pixels wide, the training clip's
+frames scaled to the generated video's size). A generated video
 is memorised when its best SSIM reaches `threshold`; the memorisation rate is the share of such videos.
 """
 
@@ -21,10 +22,11 @@ THUMB = 32
 
 
 def pixel_frames(frames: np.ndarray) -> np.ndarray:
-    """(8, h, 256) uint8 grey frames at evenly spaced positions, kept for the pixel check."""
+    """(8, h, w) uint8 grey frames at evenly spaced positions (at most 256 wide), kept for the pixel check."""
     idx = np.linspace(0, len(frames) - 1, PIXEL_FRAMES).round().astype(int)
     h, w = frames.shape[1:3]
-    size = (PIXEL_WIDTH, max(2, round(h * PIXEL_WIDTH / w / 2) * 2))
+    width = min(PIXEL_WIDTH, w)  # never upscaled: smooth upscaled frames all look alike to SSIM
+    size = (width, max(2, round(h * width / w / 2) * 2))
     grey = luma(frames[idx]).clip(0, 255).astype(np.uint8)
     return np.stack([cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in grey])
 
