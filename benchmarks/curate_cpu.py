@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import av  # noqa: E402
 
 from ophora.curate.pipeline import CurateConfig, curate  # noqa: E402
-from ophora.synthetic.narrated_videos import SampleVideo, Segment, write_sample  # noqa: E402
+from ophora.synthetic.narrated_videos import NarratedVideo, Segment, write_narrated_video  # noqa: E402
 
 PHRASES = [
     "The keratome enters the anterior chamber at the temporal limbus.",
@@ -46,14 +46,14 @@ PHRASES = [
 EFFECTS = {3: "caption", 7: "frozen", 11: "black", 14: "cut"}
 
 
-def plan(index: int, seconds: float, width: int, height: int) -> SampleVideo:
+def plan(index: int, seconds: float, width: int, height: int) -> NarratedVideo:
     """One benchmark video: cues of 3.5-7 s, with a caption, frozen, black and cut segment."""
     segments, t, k = [], 0.0, 0
     while t < seconds - 3.5:
         length = min(3.5 + (k * 1.7) % 3.5, seconds - t)
         segments.append(Segment(t, t + length, PHRASES[(k + index) % len(PHRASES)], EFFECTS.get(k % 16, "clean")))
         t, k = t + length, k + 1
-    return SampleVideo(f"bench_{index}", width, height, "srt", segments)
+    return NarratedVideo(f"bench_{index}", width, height, "srt", segments)
 
 
 def _decode_all(path: str) -> int:
@@ -93,7 +93,7 @@ def main() -> None:
         video = plan(i, seconds, width, height)
         path = data / f"{video.stem}.mp4"
         if not path.is_file():
-            write_sample(video, data, args.fps, seed=100 + i, keyint=int(round(2 * args.fps)))
+            write_narrated_video(video, data, args.fps, seed=100 + i, keyint=int(round(2 * args.fps)))
         paths.append(path)
     for path in paths:  # both measurements start from the page cache
         path.read_bytes()

@@ -120,7 +120,7 @@ def main() -> None:
         t1 = time.perf_counter()
         config = TrainConfig(model=str(model), cache=str(cache), out=str(tmp / "run"), steps=a.steps, learning_rate=a.lr,
                              warmup_steps=min(50, a.steps // 10), batch_size=1, num_workers=0,
-                             mixed_precision=a.mixed_precision, gradient_checkpointing=False, sample_latents=False,
+                             mixed_precision=a.mixed_precision, gradient_checkpointing=False, posterior_draws=False,
                              timestep_sampling="uniform", log_every=10, checkpoint_every=10**9, keep_checkpoints=1)
         run = train(config)
         t2 = time.perf_counter()

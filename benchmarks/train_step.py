@@ -109,7 +109,7 @@ def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int
             f"compile={int(compile_blocks)} batch={batch}")
     config = TrainConfig(model="-", cache="-", out="-", mixed_precision="bf16" if CUDA else "no", batch_size=batch,
                          checkpoint_blocks=checkpoint_blocks, selective_checkpointing=selective,
-                         compile_blocks=compile_blocks, sample_latents=True)
+                         compile_blocks=compile_blocks, posterior_draws=True)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not CUDA)
     torch._dynamo.reset()  # each setting compiles afresh, as in one training run
     model = build(cfg)

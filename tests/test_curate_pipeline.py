@@ -21,13 +21,13 @@ import pandas as pd
 import pytest
 
 from ophora.curate.pipeline import CurateConfig, curate
-from ophora.synthetic.narrated_videos import EyeScene, make_sample_videos
+from ophora.synthetic.narrated_videos import EyeScene, make_narrated_videos
 from ophora.core.media import VideoWriter, read_video
 
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory) -> Path:
-    return make_sample_videos(tmp_path_factory.mktemp("samples"))
+    return make_narrated_videos(tmp_path_factory.mktemp("samples"))
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,7 @@ def test_resume_after_kill_gives_the_same_outputs(samples, curated, tmp_path):
     assert not list(out.rglob(".*partial*"))
 
 
-def test_cli_make_sample_videos_and_curate(tmp_path):
+def test_cli_make_narrated_videos_and_curate(tmp_path):
     from ophora.cli import main
 
     assert main(["curate", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2

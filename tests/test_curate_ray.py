@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 
 from ophora.curate.pipeline import CurateConfig, curate
-from ophora.synthetic.narrated_videos import make_sample_videos
+from ophora.synthetic.narrated_videos import make_narrated_videos
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the extra ophora[ray]")
 
 
 def test_ray_engine_matches_local(tmp_path):
-    samples = make_sample_videos(tmp_path / "samples")
+    samples = make_narrated_videos(tmp_path / "samples")
     src = tmp_path / "in"
     src.mkdir()
     for name in ("cataract_c", "lowres_d"):

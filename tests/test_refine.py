@@ -153,7 +153,7 @@ def test_realistic_narrations(narration, instruction):
     assert refine_narration(narration) == instruction
 
 
-# The sample videos' narrations that rules-1 got wrong (ophora make-sample-videos), and what a surgeon expects.
+# The sample videos' narrations that rules-1 got wrong (ophora make-narrated-videos), and what a surgeon expects.
 @pytest.mark.parametrize("narration, instruction", [
     ("the phaco tip sculpts a deep groove in the nucleus", "Sculpt a deep groove in the nucleus with the phaco tip."),
     ("the second instrument rotates the nucleus to continue sculpting",

@@ -145,6 +145,13 @@ def test_export_loads_in_cogvideox_pipeline_and_ophora_sample(tiny_model, cache,
                  "--frames", "9", "--height", "64", "--width", "64", "--steps", "2"])
     video, _ = read_video(tmp_path / "s" / "prompt" / "0.mp4")
     assert code == 0 and video.shape == (9, 64, 64, 3)
+    # with no frame settings given, sample makes what the model was trained for (recorded in the export)
+    assert json.loads((final / "ophora_train.json").read_text())["video"] == {"frames": 17, "height": 64, "width": 96,
+                                                                             "fps": 8.0}
+    code = main(["sample", "--model", str(final), "--prompt", "Polish the capsule.", "--out", str(tmp_path / "d"),
+                 "--steps", "1"])
+    video, fps = read_video(tmp_path / "d" / "prompt" / "0.mp4")
+    assert code == 0 and video.shape == (17, 64, 96, 3) and fps == pytest.approx(8)
 
 
 def test_tpt_chained_into_p2ft_on_the_privacy_subset(tiny_model, cache, dataset, tmp_path):
@@ -213,14 +220,14 @@ def test_model_folder_missing_parts_is_refused(tiny_model, cache, tmp_path):
 
 def test_output_folder_of_another_run_is_refused(tiny_model, cache, tmp_path, capsys):
     train(tiny_config(tiny_model, cache, tmp_path / "run", "steps=2", "export=false"))
-    with pytest.raises(ConfigError, match=r"holds another run \(learning_rate differ\)"):
+    with pytest.raises(InputError, match=r"holds a training run made with other settings \(learning_rate differ\)"):
         train(tiny_config(tiny_model, cache, tmp_path / "run", "steps=2", "learning_rate=0.1"))
     capsys.readouterr()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     code = main(["train", str(CONFIGS / "tiny-tpt.yaml"), f"model={tiny_model}", f"cache={cache}", f"out={tmp_path / 'busy'}"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and "is not empty and holds no ophora training run" in err
+    assert code == 2 and err.count("\n") == 0 and "is not empty and holds no training run" in err
 
 
 def test_eight_bit_adam_without_bitsandbytes_says_how_to_get_it(tiny_model, cache, tmp_path):
@@ -236,9 +243,11 @@ def test_validation_videos_and_tensorboard_logs(tiny_model, cache, tmp_path):
     config = tiny_config(tiny_model, cache, tmp_path / "run", "steps=2", "export=false", "validate_every=1",
                          "validation_prompts=[Polish the posterior capsule.]")
     run = train(config)
-    for step in (1, 2):
+    trained_for = json.loads((run / "run.json").read_text())["video"]  # the cache's most common clip shape
+    assert trained_for == {"frames": 17, "height": 64, "width": 96, "fps": 8.0}
+    for step in (1, 2):  # validation takes the cache's frames and fps, and the config's 64x64
         video, fps = read_video(run / "validation" / f"step-000000{step}" / "0.mp4")
-        assert video.shape == (9, 64, 64, 3) and fps == pytest.approx(8)
+        assert video.shape == (17, 64, 64, 3) and fps == pytest.approx(8)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(next((run / "logs").rglob("events.out.tfevents.*")).parent))

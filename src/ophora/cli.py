@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ophora.core.config import add_options, from_args, option
-from ophora.core.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, OphoraError
+from ophora.core.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, LOG_FILE, ConfigError, OphoraError
 
 log = logging.getLogger("ophora")
 
@@ -77,7 +77,7 @@ def _random_model(c: RandomModelConfig) -> None:
 
 
 def _narrated_videos(c: NarratedVideosConfig) -> None:
-    print(_load("ophora.synthetic.narrated_videos:make_sample_videos")(c.dir))
+    print(_load("ophora.synthetic.narrated_videos:make_narrated_videos")(c.dir))
 
 
 def _train(c: TrainArgs) -> None:
@@ -150,8 +150,9 @@ def _evaluate(config) -> int:
 COMMANDS: dict[str, Command] = {
     "demo": Command("run the pipeline end to end on a tiny untrained model and write a gallery",
                     "ophora.cli:DemoConfig", _demo),
-    "make-sample-videos": Command("write synthetic narrated cataract-surgery videos with known curation ground truth",
-                                  "ophora.cli:NarratedVideosConfig", _narrated_videos),
+    "make-narrated-videos": Command("write synthetic narrated cataract-surgery videos with known curation ground "
+                                    "truth", "ophora.cli:NarratedVideosConfig", _narrated_videos,
+                                    aliases=("make-sample-videos",)),
     "curate": Command("narrated surgery videos -> clips + instructions, with a privacy-preserved subset",
                       "ophora.curate.pipeline:CurateConfig", _curate),
     "prepare": Command("encode a dataset's clips (VAE latents + T5 embeddings) into a training cache; torchrun "
@@ -213,14 +214,44 @@ def main(argv: list[str] | None = None) -> int:
     while command.sub:
         sub_name = getattr(args, f"command_{name}")
         name, command = f"{name} {sub_name}", command.sub[sub_name]
+    log_file = None
     try:
-        return command.run(from_args(_load(command.config), args)) or EXIT_OK
+        config = from_args(_load(command.config), args)
+        log_file = _log_to_file(config)
+        return command.run(config) or EXIT_OK
     except OphoraError as exc:
         print(f"ophora {name}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"ophora {name}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if log_file is not None:
+            logging.getLogger().removeHandler(log_file)
+            log_file.close()
+
+
+def _log_to_file(config) -> logging.Handler | None:
+    """Debug logging (tracebacks of failed items among it) into OUT/ophora.log, for commands with an output folder.
+
+    The console keeps its level; only the file gets the debug lines.
+    """
+    out = getattr(config, "out", None)
+    if out is None or (Path(out).exists() and not Path(out).is_dir()):
+        return None
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(Path(out) / LOG_FILE, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    root = logging.getLogger()
+    for console in root.handlers:
+        console.setLevel(max(console.level, root.level))
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    return handler
 
 
 if __name__ == "__main__":

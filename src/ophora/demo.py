@@ -38,7 +38,7 @@ def run_demo(out: str | Path, model: str | None = None) -> Path:
         return _announce(out / "samples" / "index.html")
 
     from ophora.curate.pipeline import CurateConfig, curate
-    from ophora.synthetic.narrated_videos import make_sample_videos
+    from ophora.synthetic.narrated_videos import make_narrated_videos
     from ophora.prepare import PrepareConfig, prepare
     from ophora.train.config import load_config
     from ophora.train.trainer import train
@@ -46,7 +46,7 @@ def run_demo(out: str | Path, model: str | None = None) -> Path:
     # 1. the project's synthetic narrated videos, and the tiny random base model
     videos, dataset, cache, base = out / "videos", out / "dataset", out / "cache", out / "tiny-model"
     if not (videos / "ground_truth.json").is_file():
-        make_sample_videos(videos)
+        make_narrated_videos(videos)
     if not (base / "model_index.json").is_file():
         make_random_model(base)
 

@@ -17,6 +17,7 @@ import logging
 import traceback
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+LOG_FILE = "ophora.log"  # each command's debug log inside its output folder
 
 
 class OphoraError(Exception):
@@ -46,13 +47,14 @@ class EndpointError(OphoraError):
 def failure_record(exc: BaseException, log: logging.Logger, item: str) -> dict[str, str]:
     """What a batch stage records for an item that raised `exc`: its type and message.
 
-    An OphoraError is an expected failure (logged as a warning); anything else is logged with its traceback,
-    so a bug in one item is diagnosable without stopping the others.
+    An OphoraError is an expected failure (logged as a warning); anything else is logged as an error, with its
+    traceback at debug level (the run's log file, `OUT/ophora.log`), so a bug in one item is diagnosable without
+    stopping the others or flooding the console.
     """
     reason = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, OphoraError):
         log.warning("%s: %s", item, reason)
     else:
-        log.error("%s failed unexpectedly: %s: %s\n%s", item, type(exc).__name__, reason,
-                  "".join(traceback.format_exception(exc)).rstrip())
+        log.error("%s failed unexpectedly: %s: %s (traceback in the log file)", item, type(exc).__name__, reason)
+        log.debug("traceback of %s:\n%s", item, "".join(traceback.format_exception(exc)).rstrip())
     return {"error_type": type(exc).__name__, "error": reason}

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ophora.core.errors import InputError
+from ophora.core.errors import LOG_FILE, InputError
 
 PARTIAL = ".partial"
 
@@ -141,6 +141,6 @@ def claim_folder(folder: Path, record: str, identity: dict, what: str, hint: str
         if changed:
             raise InputError(f"{folder} holds a {what} made with other settings ({', '.join(changed)} differ); {hint}")
         return True
-    if folder.is_dir() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
+    if folder.is_dir() and any(p for p in folder.iterdir() if not p.name.startswith(".") and p.name != LOG_FILE):
         raise InputError(f"{folder} is not empty and holds no {what}; {hint}")
     return False

@@ -98,16 +98,16 @@ def text_scores(frames: list[np.ndarray], config: PrivacyConfig) -> dict[str, fl
     return {"text_area": area, "text_boxes": float(boxes)}
 
 
-def overlay_score(samples: np.ndarray, config: PrivacyConfig) -> float:
+def overlay_score(greys: np.ndarray, config: PrivacyConfig) -> float:
     """Area fraction of the largest compact region of persistent edges inside a moving view (0 if none).
 
     A logo or watermark keeps its edges in the same pixels in almost every frame, while the edges of
     tissue and instruments wander as the view moves. Regions of persistent edges that are compact and
     dense count; the long thin circle of a microscope's field stop does not.
     """
-    if len(samples) < 3 or float(samples.astype(np.float32).std(axis=0).mean()) < config.overlay_min_motion:
+    if len(greys) < 3 or float(greys.astype(np.float32).std(axis=0).mean()) < config.overlay_min_motion:
         return 0.0
-    persistence = np.mean([cv2.Canny(s, 50, 120) > 0 for s in samples], axis=0)
+    persistence = np.mean([cv2.Canny(s, 50, 120) > 0 for s in greys], axis=0)
     steady = (persistence >= config.overlay_persistence).astype(np.uint8)
     count, _, stats, _ = cv2.connectedComponentsWithStats(cv2.dilate(steady, np.ones((5, 5), np.uint8)))
     h, w = steady.shape
@@ -148,13 +148,13 @@ def vlm_flag(frames: list[np.ndarray], config: PrivacyConfig) -> float:
     raise EndpointError(f"vlm privacy endpoint {public_url(url)} failed after {config.vlm_retries} tries ({error})")
 
 
-def privacy_scores(frames: list[np.ndarray], samples: np.ndarray, config: PrivacyConfig) -> dict[str, float]:
+def privacy_scores(frames: list[np.ndarray], greys: np.ndarray, config: PrivacyConfig) -> dict[str, float]:
     """All privacy scores of one clip (absent detectors score 0)."""
     scores = {"text_area": 0.0, "text_boxes": 0.0, "overlay_area": 0.0, "vlm_flag": 0.0}
     if config.backend == "ocr" and frames:
         scores.update(text_scores(frames, config))
     if config.backend == "ocr" and config.overlay:
-        scores["overlay_area"] = overlay_score(samples, config)
+        scores["overlay_area"] = overlay_score(greys, config)
     if config.backend == "vlm" and frames:
         scores["vlm_flag"] = vlm_flag(frames, config)
     return scores

@@ -2,7 +2,7 @@
 
 The pass decodes the source once (by default only its reference frames) and keeps only what the scores
 need: a tiny colour frame per decoded frame for PySceneDetect (never stored), grey frames sampled at
-`sample_fps` for motion, overlay and frame-type statistics, and colour frames once per `ocr_interval`
+`grey_fps` for motion, overlay and frame-type statistics, and colour frames once per `ocr_interval`
 inside candidate clips for the text detector.
 """
 
@@ -35,8 +35,8 @@ class FilterConfig:
     # Analyse only reference frames (~half of common H.264, much cheaper to decode); a cut is then known to
     # lie between two analysed frames, and the frames between them are left out of both sides.
     reference_frames_only: bool = True
-    sample_fps: float = 4.0
-    sample_width: int = 256
+    grey_fps: float = 4.0
+    grey_width: int = 256
     freeze_eps: float = 0.3
     max_frozen_fraction: float = 0.5
     max_motion: float = 40.0
@@ -47,7 +47,7 @@ class FilterConfig:
         for name in ("min_width", "min_height"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
-        for name in ("sample_fps", "sample_width", "ocr_interval"):
+        for name in ("grey_fps", "grey_width", "ocr_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"filter setting {name} must be positive, got {getattr(self, name)}")
 
@@ -61,8 +61,8 @@ class SourceScan:
     fps: float = 0.0
     keyframes: list[float] = field(default_factory=list)
     cuts: list[tuple[float, float]] = field(default_factory=list)  # (last frame seen before, first after)
-    sample_times: list[float] = field(default_factory=list)
-    samples: list[np.ndarray] = field(default_factory=list)
+    grey_times: list[float] = field(default_factory=list)
+    greys: list[np.ndarray] = field(default_factory=list)
     ocr_times: list[float] = field(default_factory=list)
     ocr_frames: list[bytes] = field(default_factory=list)  # JPEG: an hour of narration stays ~150 MB
     last_time: float = 0.0
@@ -72,9 +72,9 @@ class SourceScan:
         """Where the decodable video ends (a truncated file ends before its header says)."""
         return self.last_time + (1.0 / self.fps if self.fps else 0.0)
 
-    def sample_stack(self, start: float, end: float) -> np.ndarray:
-        """Grey samples (N, H, W) shown in [start, end)."""
-        picked = [f for t, f in zip(self.sample_times, self.samples) if start <= t < end]
+    def grey_stack(self, start: float, end: float) -> np.ndarray:
+        """Grey frames (N, H, W) shown in [start, end)."""
+        picked = [f for t, f in zip(self.grey_times, self.greys) if start <= t < end]
         return np.stack(picked) if picked else np.zeros((0, 1, 1), np.uint8)
 
     def ocr_stack(self, start: float, end: float, count: int) -> list[np.ndarray]:
@@ -102,25 +102,25 @@ def _small(frame, size: tuple[int, int], pixel_format: str) -> np.ndarray:
 
 def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: int = 0,
                 ocr_long_side: int = 640) -> SourceScan:
-    """Decode `path` once and collect keyframes, scene cuts, grey samples and OCR frames (inside `spans`)."""
+    """Decode `path` once and collect keyframes, scene cuts, grey frames and OCR frames (inside `spans`)."""
     detectors = [ContentDetector(threshold=config.scene_threshold, min_scene_len=2),
                  ThresholdDetector(threshold=config.fade_threshold, min_scene_len=2)]
     scan: SourceScan | None = None
     times: list[float] = []
     bounds = sorted((s.start, s.end) for s in spans)
     current = 0  # the first span not yet over
-    next_sample = next_ocr = 0.0
-    sample_size = ocr_size = (0, 0)
+    next_grey = next_ocr = 0.0
+    grey_size = ocr_size = (0, 0)
     for t, frame in iter_frames(path, reference_only=config.reference_frames_only):
         if scan is None:
             w, h = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
             scan = SourceScan(width=w, height=h)
-            sample_size = _size(frame.width, frame.height, config.sample_width)
+            grey_size = _size(frame.width, frame.height, config.grey_width)
             ocr_size = _size(frame.width, frame.height, ocr_long_side)
         if frame.key_frame:
             scan.keyframes.append(t)
         # One scaler pass per frame (reading a full-size frame is the cost); smaller views come from it.
-        small = _small(frame, sample_size, "bgr24")
+        small = _small(frame, grey_size, "bgr24")
         tiny = cv2.resize(small, SCENE_SIZE, interpolation=cv2.INTER_AREA)
         # PySceneDetect counts frames; its cut frame numbers map back to real (possibly VFR) times.
         code = FrameTimecode(len(times), fps=30.0)
@@ -132,11 +132,11 @@ def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: i
             current += 1
         if current == len(bounds) or t < bounds[current][0]:
             continue  # between clips: only scene detection needs this frame
-        if t >= next_sample:
+        if t >= next_grey:
             grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-            scan.sample_times.append(t)
-            scan.samples.append(_rotate(grey, rotation))
-            next_sample = t + 1.0 / config.sample_fps
+            scan.grey_times.append(t)
+            scan.greys.append(_rotate(grey, rotation))
+            next_grey = t + 1.0 / config.grey_fps
         if t >= next_ocr:
             bgr = _rotate(_small(frame, ocr_size, "bgr24"), rotation)
             scan.ocr_times.append(t)
@@ -187,17 +187,17 @@ def frame_kind(grey: np.ndarray) -> str:
     return "scene"
 
 
-def motion_scores(samples: np.ndarray, config: FilterConfig) -> dict[str, float]:
-    """Mean absolute grey difference between successive samples, and the fraction that barely changes."""
-    if len(samples) < 2:
+def motion_scores(greys: np.ndarray, config: FilterConfig) -> dict[str, float]:
+    """Mean absolute grey difference between successive grey frames, and the fraction that barely changes."""
+    if len(greys) < 2:
         return {"motion": 0.0, "frozen_fraction": 1.0}
-    diffs = np.abs(np.diff(samples.astype(np.int16), axis=0)).mean(axis=(1, 2))
+    diffs = np.abs(np.diff(greys.astype(np.int16), axis=0)).mean(axis=(1, 2))
     return {"motion": float(diffs.mean()), "frozen_fraction": float((diffs < config.freeze_eps).mean())}
 
 
-def non_surgical_scores(samples: np.ndarray) -> dict[str, float]:
-    """Fractions of samples that are black or blank (slides, title cards)."""
-    kinds = [frame_kind(s) for s in samples]
+def non_surgical_scores(greys: np.ndarray) -> dict[str, float]:
+    """Fractions of grey frames that are black or blank (slides, title cards)."""
+    kinds = [frame_kind(s) for s in greys]
     n = max(len(kinds), 1)
     return {"black_fraction": kinds.count("black") / n, "blank_fraction": kinds.count("blank") / n}
 

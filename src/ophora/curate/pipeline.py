@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ophora import __version__
 from ophora.curate.filters import (FilterConfig, content_decision, longest_cut_free, motion_scores,
                                    non_surgical_scores, resolution_ok, scan_source, snap_to_keyframe)
 from ophora.core.privacy import PrivacyConfig, privacy_reason, privacy_scores
@@ -38,6 +37,7 @@ from ophora.core.errors import ConfigError, InputError, MediaError, OphoraError,
 from ophora.core.endpoint import public_url
 from ophora.core.files import as_json_value, atomic_path, remove_partials, write_bytes, write_csv, write_json, write_text
 from ophora.core.tables import ID_COLUMN, csv_row
+from ophora.core.versions import versions
 from ophora.core.media import NoVideoStreamError, copy_segment, encode_segment, probe_video, video_rotation
 from ophora.curate.subtitles import Cue, find_sidecar, normalize_cues, read_subtitles
 
@@ -203,7 +203,7 @@ def _row(job: SourceJob, index: int, span: tuple, **values) -> dict:
 
 def _thumbnail(scan, start: float, end: float, path: Path) -> None:
     """A small JPEG of the clip for the report (a colour OCR frame, else a grey sample)."""
-    frames = scan.ocr_stack(start, end, 1) or list(scan.sample_stack(start, end)[:1])
+    frames = scan.ocr_stack(start, end, 1) or list(scan.grey_stack(start, end)[:1])
     if not frames:
         return
     image = frames[0]
@@ -237,15 +237,15 @@ def judge_clip(job: SourceJob, index: int, scan, rotation: int, config: CurateCo
     if reason:  # too little is left: judge and report the whole span (its content says more)
         a, b = start, end
         row.update(start=a, end=b, duration=b - a)
-    samples = scan.sample_stack(a, b)
-    scores = {**motion_scores(samples, config.filters), **non_surgical_scores(samples)}
+    greys = scan.grey_stack(a, b)
+    scores = {**motion_scores(greys, config.filters), **non_surgical_scores(greys)}
     row.update(scores)
     reason = content_decision(scores, config.filters) or reason
     if reason:
         return {**row, "reason": reason}
     if not instruction:
         return {**row, "reason": "no_instruction"}
-    pscores = privacy_scores(scan.ocr_stack(a, b, config.privacy.frames), samples, config.privacy)
+    pscores = privacy_scores(scan.ocr_stack(a, b, config.privacy.frames), greys, config.privacy)
     row.update(pscores, privacy_reason=privacy_reason(pscores, config.privacy))
     target = config.out / "clips" / f"{clip_id}.mp4"
     try:
@@ -352,18 +352,9 @@ def write_outputs(rows: list[dict], skipped: list[dict], summary: dict, out: Pat
 
 
 def _versions(refiner) -> dict:
-    import scenedetect
-
-    versions = {"ophora": __version__, "av": av.__version__, "scenedetect": scenedetect.__version__,
-                "opencv": cv2.__version__}
-    try:
-        from importlib.metadata import version
-
-        versions["rapidocr-onnxruntime"] = version("rapidocr-onnxruntime")
-    except Exception:  # metadata of an optional package: absence is fine
-        pass
-    versions["refiner"] = refiner.summary() if hasattr(refiner, "summary") else getattr(refiner, "name", "")
-    return versions
+    record = versions("scenedetect", "opencv-python-headless", "rapidocr-onnxruntime")
+    record["refiner"] = refiner.summary() if hasattr(refiner, "summary") else getattr(refiner, "name", "")
+    return record
 
 
 def curate(config: CurateConfig) -> dict:

@@ -1,4 +1,4 @@
-"""`ophora make-sample-videos`: synthetic narrated cataract-surgery videos with known curation ground truth.
+"""`ophora make-narrated-videos`: synthetic narrated cataract-surgery videos with known curation ground truth.
 
 Each video shows a procedurally drawn eye under a drifting microscope with moving instruments, and comes
 with a narration sidecar (.srt, rolling auto-caption .en.vtt, or Whisper JSON). Segments carry the things
@@ -37,7 +37,7 @@ class Segment:
 
 
 @dataclass
-class SampleVideo:
+class NarratedVideo:
     stem: str
     width: int
     height: int
@@ -45,10 +45,10 @@ class SampleVideo:
     segments: list[Segment] = field(default_factory=list)
 
 
-def sample_plan() -> list[SampleVideo]:
+def sample_plan() -> list[NarratedVideo]:
     """The sample videos and their ground truth (one clip per segment, clip index = segment index)."""
     return [
-        SampleVideo("cataract_a", 854, 480, "srt", [
+        NarratedVideo("cataract_a", 854, 480, "srt", [
             Segment(0, 5, "Now we make the main incision with the keratome at the temporal limbus."),
             Segment(5, 10, "We inject viscoelastic to fill and protect the anterior chamber.", "caption", "keep", "text"),
             Segment(10, 15, "The capsulorhexis is started with a bent cystotome needle.", "frozen", "static"),
@@ -56,24 +56,24 @@ def sample_plan() -> list[SampleVideo]:
             Segment(20, 26, "Hydrodissection is performed with a cannula under the anterior capsule.", "cut"),
             Segment(26, 31, "Phacoemulsification of the nucleus begins in the capsular bag.", "black", "black"),
         ]),
-        SampleVideo("cataract_b", 854, 480, "vtt", [
+        NarratedVideo("cataract_b", 854, 480, "vtt", [
             Segment(0, 5, "the phaco tip sculpts a deep groove in the nucleus", "watermark", "keep", "overlay"),
             Segment(5, 10, "the second instrument rotates the nucleus to continue sculpting", "watermark", "keep", "overlay"),
             Segment(10, 15, "the nucleus is cracked into two halves with both instruments"),
             Segment(15, 20, "chapter two lens implantation", "title", "blank_or_slide"),
             Segment(20, 25, "the remaining cortex is aspirated with the irrigation aspiration handpiece"),
         ]),
-        SampleVideo("cataract_c", 854, 480, "json", [
+        NarratedVideo("cataract_c", 854, 480, "json", [
             Segment(0, 5, "Hello everyone and welcome back to my channel, please subscribe.", "clean", "no_instruction"),
             Segment(5, 10, "The intraocular lens is injected into the capsular bag."),
             Segment(10, 15, "The lens haptics are dialed into position with a hook."),
             Segment(15, 20, "Viscoelastic is removed from behind the lens with the aspiration tip."),
         ]),
-        SampleVideo("lowres_d", 640, 360, "srt", [
+        NarratedVideo("lowres_d", 640, 360, "srt", [
             Segment(0, 5, "A side port incision is made with a blade.", "clean", "resolution"),
             Segment(5, 10, "Trypan blue is injected to stain the anterior capsule.", "clean", "resolution"),
         ]),
-        SampleVideo("no_narration_e", 854, 480, "", [Segment(0, 6, "")]),
+        NarratedVideo("no_narration_e", 854, 480, "", [Segment(0, 6, "")]),
     ]
 
 
@@ -163,7 +163,7 @@ def _title_card(width: int, height: int, text: str) -> np.ndarray:
     return card
 
 
-def render_frame(video: SampleVideo, scenes: list[EyeScene], t: float, frozen: dict[int, np.ndarray]) -> np.ndarray:
+def render_frame(video: NarratedVideo, scenes: list[EyeScene], t: float, frozen: dict[int, np.ndarray]) -> np.ndarray:
     """The RGB frame of `video` at time t, with its segment's effect applied."""
     index, seg = next(((i, s) for i, s in enumerate(video.segments) if s.start <= t < s.end),
                       (len(video.segments) - 1, video.segments[-1]))
@@ -190,7 +190,7 @@ def _timestamp(seconds: float, sep: str) -> str:
     return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
 
 
-def write_sidecar(video: SampleVideo, folder: Path) -> Path | None:
+def write_sidecar(video: NarratedVideo, folder: Path) -> Path | None:
     """The narration file in the video's sidecar format (auto-captions roll, as YouTube writes them)."""
     segs = [s for s in video.segments if s.narration]
     if video.sidecar == "srt":
@@ -222,7 +222,7 @@ def write_sidecar(video: SampleVideo, folder: Path) -> Path | None:
     return path
 
 
-def ground_truth(videos: list[SampleVideo]) -> dict:
+def ground_truth(videos: list[NarratedVideo]) -> dict:
     """Expected decision per clip id and expected skipped sources."""
     clips, sources = {}, {}
     for video in videos:
@@ -237,7 +237,7 @@ def ground_truth(videos: list[SampleVideo]) -> dict:
     return {"clips": clips, "skipped_sources": sources}
 
 
-def write_sample(video: SampleVideo, out: Path, fps: float, seed: int, keyint: int | None = None) -> Path:
+def write_narrated_video(video: NarratedVideo, out: Path, fps: float, seed: int, keyint: int | None = None) -> Path:
     """Render and encode one sample video and write its narration sidecar; returns the video path."""
     scenes = [EyeScene(video.width, video.height, seed=seed),
               EyeScene(video.width, video.height, seed=seed + 1, hue_shift=60, zoom=0.7)]
@@ -253,12 +253,12 @@ def write_sample(video: SampleVideo, out: Path, fps: float, seed: int, keyint: i
     return path
 
 
-def make_sample_videos(out: str | Path, fps: float = 15.0) -> Path:
+def make_narrated_videos(out: str | Path, fps: float = 15.0) -> Path:
     """Write the sample videos, their sidecars and `ground_truth.json` into `out`; returns the folder."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     videos = sample_plan()
     for n, video in enumerate(videos):
-        write_sample(video, out, fps, seed=10 * n)
+        write_narrated_video(video, out, fps, seed=10 * n)
     write_json(out / "ground_truth.json", ground_truth(videos))
     return out

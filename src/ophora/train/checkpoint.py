@@ -15,8 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ophora.core.files import replace_dir, temp_dir, write_text
-from ophora.core.errors import ConfigError
+from ophora.core.files import claim_folder, replace_dir, temp_dir, write_text
 from ophora.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -32,16 +31,8 @@ class TrainState:
 
 
 def claim_run(out: Path, config: TrainConfig) -> None:
-    """Check that `out` is empty or holds this same run (same identity), and record the config in it."""
-    record = out / "run.json"
-    if record.is_file():
-        old = json.loads(record.read_text())["identity"]
-        new = json.loads(json.dumps(config.identity()))
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if changed:
-            raise ConfigError(f"{out} holds another run ({', '.join(changed)} differ); choose another out or delete it")
-    elif out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} is not empty and holds no ophora training run; choose another out")
+    """Check that `out` is empty or holds this same run (same identity)."""
+    claim_folder(out, "run.json", config.identity(), "training run", "choose another out or delete it")
 
 
 def write_run_record(out: Path, config: TrainConfig, extra: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ import yaml
 
 from ophora.core.config import apply_values
 from ophora.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,7 +45,7 @@ class TrainConfig:
     # diffusion
     timestep_sampling: str = "stratified"  # stratified | uniform
     strata: int | None = None          # number of timestep sub-intervals; default: the number of processes
-    sample_latents: bool = True        # draw from the VAE posterior (as CogVideoX's script) instead of its mean
+    posterior_draws: bool = True        # draw from the VAE posterior (as CogVideoX's script) instead of its mean
     # model
     mode: str = "full"                 # full | lora
     lora_rank: int = 64
@@ -160,11 +163,22 @@ def read_config_file(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
     return {**read_config_file(sibling if sibling.is_file() else str(base), (*seen, path.resolve())), **values}
 
 
+RENAMED_KEYS = {"sample_latents": "posterior_draws"}  # old key -> new key, still read with a warning
+
+
+def _renamed(values: dict, source: str) -> dict:
+    for old, new in RENAMED_KEYS.items():
+        if old in values:
+            log.warning("config key %r in %s is deprecated; use %r", old, source, new)
+            values = {(new if k == old else k): v for k, v in values.items()}
+    return values
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """A checked TrainConfig from the defaults, a YAML file (over its `base:`) and `key=value` overrides, in order."""
     config = TrainConfig()
     if path is not None:
-        apply_values(config, read_config_file(path), str(path))
-    apply_values(config, dict(parse_override(o) for o in overrides), "the overrides")
+        apply_values(config, _renamed(read_config_file(path), str(path)), str(path))
+    apply_values(config, _renamed(dict(parse_override(o) for o in overrides), "the overrides"), "the overrides")
     config.check()
     return config

@@ -146,7 +146,7 @@ def diffusion_loss(model, noise_scheduler, batch: dict, config: TrainConfig, sca
         return torch.stack(draws).to(device)
 
     latents = mean
-    if config.sample_latents:
+    if config.posterior_draws:
         latents = mean + torch.exp(0.5 * batch["latent_logvar"].to(device, torch.float32)) * per_sample_normal("latent")
     latents = (latents * scaling_factor).permute(0, 2, 1, 3, 4)  # (B, C, F, H, W) -> (B, F, C, H, W)
     noise = per_sample_normal("noise").permute(0, 2, 1, 3, 4)
