@@ -305,3 +305,50 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
                                      "got 8: CogVideoX's VAE turns (frames - 1) / 4 + 1 latent frames into video and "
                                      "needs that number odd")
     assert result.stdout == ""
+
+
+def test_reuse_needs_the_same_weights_and_pixel_settings(tiny_model, tmp_path, capsys):
+    """A finished video is reused only if the weights loaded and every pixel-changing setting are unchanged."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    base = ["sample", "--model", str(model), "--out", str(tmp_path / "o"), "--prompt", "Cut.", "--frames", "9",
+            "--height", "32", "--width", "32", "--steps", "1"]
+    assert run_cli(*base) == 0
+    made = (tmp_path / "o" / "prompt" / "0.mp4").stat().st_mtime_ns
+    assert run_cli(*base) == 0  # same everything: skipped
+    assert (tmp_path / "o" / "prompt" / "0.mp4").stat().st_mtime_ns == made
+    capsys.readouterr()
+    for flag, value in (("--qp", "20"), ("--dtype", "fp16")):
+        assert "made with other settings" in expect_error(capsys, *base, flag, value)
+    weights = model / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # re-saved in place, as further training into the same folder does
+    assert "weights" in expect_error(capsys, *base)
+    assert run_cli(*base, "--overwrite") == 0
+
+
+def test_overwrite_leaves_only_the_current_settings_in_manifest_and_gallery(tiny_model, tmp_path, prompts):
+    out = tmp_path / "o"
+    two = write_prompts(tmp_path / "two.csv", [("phaco_1", "Emulsify."), ("incision_1", "Cut.")])
+    assert run_cli("sample", "--model", str(tiny_model), "--out", str(out), "--prompts", str(prompts),
+                   "--frames", "9", "--height", "32", "--width", "32", "--steps", "1") == 0
+    assert run_cli("sample", "--model", str(tiny_model), "--out", str(out), "--prompts", str(two), "--overwrite",
+                   "--frames", "9", "--height", "32", "--width", "32", "--steps", "2") == 0
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert [(r["clip id"], r["steps"]) for r in rows] == [("phaco_1", "2"), ("incision_1", "2")]  # prompt-file order
+    page = (out / "index.html").read_text()
+    assert "capsulorhexis_1" not in page and page.index("phaco_1") < page.index("incision_1")
+
+
+def test_records_outside_the_folder_or_damaged_are_not_trusted(tiny_model, tmp_path):
+    out = tmp_path / "o"
+    argv = ["sample", "--model", str(tiny_model), "--out", str(out), "--prompt", "Cut.", "--frames", "9",
+            "--height", "32", "--width", "32", "--steps", "1"]
+    assert run_cli(*argv) == 0
+    (out / "prompt" / "0.json").write_text("{damaged")
+    assert run_cli(*argv) == 0  # remade, not a crash
+    assert len(list(csv.DictReader((out / "manifest.csv").open()))) == 1
+    outside = tmp_path / "elsewhere.mp4"
+    shutil.move(out / "prompt" / "0.mp4", outside)
+    (out / "prompt" / "0.mp4").symlink_to(outside)
+    assert run_cli(*argv) == 0  # a symlinked video is not taken as done
+    assert not (out / "prompt" / "0.mp4").is_symlink()
