@@ -13,8 +13,8 @@ import numpy as np
 
 from ophora.core.privacy import PrivacyConfig, privacy_reason, privacy_scores
 
-SAMPLE_FPS = 4.0  # curate's FilterConfig.sample_fps default
-SAMPLE_WIDTH = 256  # curate's FilterConfig.sample_width default
+SAMPLE_FPS = 4.0  # curate's FilterConfig.grey_fps default
+SAMPLE_WIDTH = 256  # curate's FilterConfig.grey_width default
 OCR_INTERVAL = 1.0  # curate's FilterConfig.ocr_interval default
 
 
