@@ -136,7 +136,8 @@ def claim_folder(folder: Path, record: str, identity: dict, what: str, hint: str
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder} exists and is not a folder; {hint}")
     if path.is_file():
-        old = read_json(path, f"the record of this {what}").get("identity")
+        record_data = read_json(path, f"the record of this {what}")
+        old = record_data.get("identity", record_data.get("settings"))  # caches made before 0.2 say "settings"
         changed = differences(old if isinstance(old, dict) else {}, as_json_value(identity))
         if changed:
             raise InputError(f"{folder} holds a {what} made with other settings ({', '.join(changed)} differ); {hint}")
