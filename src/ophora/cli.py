@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ophora.core.config import add_options, from_args, option
-from ophora.core.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, LOG_FILE, ConfigError, OphoraError
+from ophora.core.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, LOG_FILE, OphoraError
 
 log = logging.getLogger("ophora")
 
@@ -231,22 +231,26 @@ def main(argv: list[str] | None = None) -> int:
             log_file.close()
 
 
+class _RunLog(logging.FileHandler):
+    """OUT/ophora.log, written once the stage has made its output folder (a refused run leaves nothing behind)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if Path(self.baseFilename).parent.is_dir():
+            super().emit(record)
+
+
 def _log_to_file(config) -> logging.Handler | None:
     """Debug logging (tracebacks of failed items among it) into OUT/ophora.log, for commands with an output folder.
 
     The console keeps its level; only the file gets the debug lines.
     """
     out = getattr(config, "out", None)
-    if out is None or (Path(out).exists() and not Path(out).is_dir()):
+    if out is None:
         return None
-    try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(Path(out) / LOG_FILE, encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
     root = logging.getLogger()
     for console in root.handlers:
         console.setLevel(max(console.level, root.level))
+    handler = _RunLog(Path(out).absolute() / LOG_FILE, encoding="utf-8", delay=True)
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
