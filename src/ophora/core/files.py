@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -22,9 +23,21 @@ from ophora.core.errors import LOG_FILE, InputError
 PARTIAL = ".partial"
 
 
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+
+
+def _short(stem: str, tail: str) -> str:
+    """`.{stem}{tail}`, with the stem replaced by a hash of it when the name would pass NAME_MAX bytes."""
+    name = f".{stem}{tail}"
+    if len(name.encode()) <= NAME_MAX:
+        return name
+    return f".{hashlib.sha256(stem.encode()).hexdigest()[:16]}{tail}"
+
+
 def temp_path(path: Path) -> Path:
-    """A hidden sibling name for writing `path` atomically; unique per process and thread."""
-    return path.with_name(f".{path.stem}{PARTIAL}{os.getpid()}-{threading.get_ident()}{path.suffix}")
+    """A hidden sibling name for writing `path` atomically; unique per process and thread, and a valid file name
+    whenever `path`'s is (a name at the file-system limit gets a hashed temporary name)."""
+    return path.with_name(_short(path.stem, f"{PARTIAL}{os.getpid()}-{threading.get_ident()}{path.suffix}"))
 
 
 @contextlib.contextmanager
@@ -55,7 +68,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 def temp_dir(path: Path) -> Path:
     """The hidden sibling folder in which `path` is built (the same name on every rank)."""
-    return path.with_name(f".{path.name}{PARTIAL}")
+    return path.with_name(_short(path.name, PARTIAL))
 
 
 def replace_dir(tmp: Path, path: Path) -> None:
