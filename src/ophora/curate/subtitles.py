@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ SIDECAR_SUFFIXES = (".srt", ".vtt", ".json")
 _TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})[.,](\d{1,3})")
 _ARROW = re.compile(rf"({_TIME.pattern})\s*-->\s*({_TIME.pattern})")
 _TAG = re.compile(r"<[^>]*>")
+_ASS_OVERRIDE = re.compile(r"\{\\[^}]*\}")  # SSA/ASS override blocks such as {\an8} or {\i1}, kept in many SRTs
+_ASS_BREAK = re.compile(r"\\[Nnh]")  # SSA/ASS line breaks and hard spaces
+_CUE_NUMBER = re.compile(r"\s*\d+\s*")
 
 
 @dataclass(frozen=True)
@@ -50,20 +54,25 @@ def _seconds(match: re.Match, offset: int = 0) -> float:
 
 
 def _clean(text: str) -> str:
-    return re.sub(r"\s+", " ", html.unescape(_TAG.sub("", text))).strip()
+    """Narration text without HTML-like tags, SSA/ASS override blocks and line breaks, entities decoded."""
+    text = _ASS_BREAK.sub(" ", _ASS_OVERRIDE.sub("", _TAG.sub("", text)))
+    return re.sub(r"\s+", " ", html.unescape(text)).strip()
 
 
 def _timed_blocks(text: str) -> list[tuple[float, float, list[str]]]:
     """(start, end, text lines) of every cue: the lines after an `a --> b` line up to the first empty one.
 
     Whitespace-only lines do not end a cue (auto-captions use them as blank caption rows); lines between
-    an empty line and the next timing line (SRT numbers, VTT cue ids and notes) are ignored.
+    an empty line and the next timing line (SRT numbers, VTT cue ids and notes) are ignored, and so is a cue
+    number right above a timing line when a file leaves out the empty line between cues.
     """
     blocks: list[tuple[float, float, list[str]]] = []
     open_cue = False
     for line in text.split("\n"):
         match = _ARROW.search(line)
         if match:
+            if open_cue and blocks[-1][2] and _CUE_NUMBER.fullmatch(blocks[-1][2][-1]):
+                blocks[-1][2].pop()
             blocks.append((_seconds(match, 1), _seconds(match, 6), []))
             open_cue = True
         elif line == "":
@@ -97,21 +106,37 @@ def parse_vtt(text: str) -> list[Cue]:
 
 
 def parse_whisper_json(text: str) -> list[Cue]:
-    """Whisper-style transcript: `{"segments": [{"start", "end", "text"}, ...]}` or a bare list of those."""
+    """Whisper-style transcript: `{"segments": [{"start", "end", "text"}, ...]}` or a bare list of those.
+
+    A segment without finite numeric start/end or without text (`"text": null`) is skipped with a warning;
+    the others are kept.
+    """
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MediaError(f"transcript is not valid JSON: {exc}") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        detail = exc if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise MediaError(f"transcript is not valid JSON: {detail}") from None
     segments = data.get("segments") if isinstance(data, dict) else data
     if not isinstance(segments, list):
         raise MediaError("transcript JSON has no `segments` list")
-    cues = []
-    for seg in segments:
-        try:
-            cues.append(Cue(float(seg["start"]), float(seg["end"]), _clean(str(seg["text"]))))
-        except (KeyError, TypeError, ValueError):
-            raise MediaError(f"transcript segment without numeric start/end and text: {str(seg)[:80]}") from None
+    cues = [cue for cue in map(_segment_cue, segments) if cue is not None]
+    skipped = len(segments) - len(cues)
+    if skipped:
+        log.warning("transcript: skipped %d of %d segments without numeric start/end and text", skipped, len(segments))
     return normalize_cues(cues)
+
+
+def _segment_cue(seg) -> Cue | None:
+    """The cue of one Whisper segment, or None when it has no finite start/end or no text."""
+    if not isinstance(seg, dict) or not isinstance(seg.get("text"), str):
+        return None
+    try:
+        start, end = float(seg["start"]), float(seg["end"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    if isinstance(seg["start"], bool) or isinstance(seg["end"], bool) or not (math.isfinite(start) and math.isfinite(end)):
+        return None
+    return Cue(start, end, _clean(seg["text"]))
 
 
 def normalize_cues(cues: list[Cue]) -> list[Cue]:
