@@ -9,37 +9,15 @@ phase; otherwise sample's clip ids name it (`capsulorhexis_1` -> `capsulorhexis`
 from __future__ import annotations
 
 import csv
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from ophora.core.dataset import TEXT_COLUMN, read_pairs
 from ophora.core.errors import InputError
+from ophora.core.manifests import VIDEO_EXTENSIONS, Video, is_manifest, phase_of, read_manifest
 from ophora.core.media import probe_video
 from ophora.core.tables import ID_COLUMN, read_id_text_rows, read_text_file
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
 DATASET_CSVS = ("instructions.csv", "privacy_preserved.csv", "clips.csv")
-
-
-@dataclass(frozen=True)
-class Video:
-    """One video to evaluate."""
-
-    id: str
-    path: Path
-    prompt: str = ""
-    phase: str = ""
-
-
-def phase_of(clip_id: str) -> str:
-    """The phase a sample clip id names: `capsulorhexis_1` -> `capsulorhexis` ("" for an empty id)."""
-    return re.sub(r"_\d+$", "", clip_id.strip()).strip()
-
-
-def _columns(path: Path) -> list[str]:
-    reader = csv.reader(read_text_file(path, "CSV").splitlines())
-    return next(reader, [])
 
 
 def _phases(path: Path) -> dict[str, str]:
@@ -50,35 +28,10 @@ def _phases(path: Path) -> dict[str, str]:
     return {(r.get(ID_COLUMN) or "").strip(): (r.get("phase") or "").strip() for r in rows}
 
 
-def _read_manifest(path: Path) -> list[Video]:
-    """`ophora sample`'s manifest.csv: one row per video, `path` relative to the manifest's folder."""
-    rows = list(csv.DictReader(read_text_file(path, "manifest").splitlines()))
-    columns = list(rows[0].keys()) if rows else _columns(path)
-    absent = [c for c in (ID_COLUMN, "prompt", "path") if c not in columns]
-    if absent:
-        raise InputError(f"{path} has no column {', '.join(repr(c) for c in absent)}; a sample manifest has "
-                         f"'clip id', 'prompt' and 'path' (its columns are {', '.join(map(repr, columns)) or 'none'})")
-    videos = []
-    for line, row in enumerate(rows, start=2):
-        rel = (row["path"] or "").strip()
-        if not rel:
-            raise InputError(f"{path} line {line}: empty path")
-        clip_id = (row[ID_COLUMN] or "").strip()
-        name = f"{clip_id}/{row.get('n', '').strip()}".rstrip("/") or rel
-        phase = (row.get("phase") or "").strip() or phase_of(clip_id)
-        videos.append(Video(name, (path.parent / rel), (row["prompt"] or "").strip(), phase))
-    return videos
-
-
 def _read_dataset(folder: Path, csv_path: Path) -> list[Video]:
     phases = _phases(csv_path)
     return [Video(p.clip_id, p.path, p.instruction, phases.get(p.clip_id, ""))
             for p in read_pairs(folder, str(csv_path))]
-
-
-def _is_manifest(path: Path) -> bool:
-    columns = _columns(path)
-    return "path" in columns and "prompt" in columns
 
 
 def read_videos(spec: str | Path, flag: str) -> list[Video]:
@@ -89,16 +42,16 @@ def read_videos(spec: str | Path, flag: str) -> list[Video]:
             if spec.suffix.lower() in VIDEO_EXTENSIONS:
                 return [Video(spec.stem, spec)]
             raise InputError(f"{flag} {spec}: not a folder, a CSV or a video")
-        if _is_manifest(spec):
-            return _read_manifest(spec)
+        if is_manifest(spec):
+            return read_manifest(spec)
         # a dataset CSV: the columns are checked (one line naming what the file has)
         read_id_text_rows(spec, ID_COLUMN, TEXT_COLUMN, "CSV", hint="; a dataset CSV has 'clip id' and "
                           "'instruction' (videos in clips/), a sample manifest 'clip id', 'prompt' and 'path'")
         return _read_dataset(spec.parent, spec)
     if not spec.is_dir():
         raise InputError(f"{flag} {spec}: no such folder or file")
-    if (spec / "manifest.csv").is_file() and _is_manifest(spec / "manifest.csv"):
-        return _read_manifest(spec / "manifest.csv")
+    if (spec / "manifest.csv").is_file() and is_manifest(spec / "manifest.csv"):
+        return read_manifest(spec / "manifest.csv")
     if (spec / "clips").is_dir():
         for name in DATASET_CSVS:
             if (spec / name).is_file():
