@@ -87,6 +87,9 @@ class TrainConfig:
                 raise ConfigError(f"config key {name!r} is required")
         choices = {"optimizer": ("adamw", "adamw8bit"), "timestep_sampling": ("stratified", "uniform"),
                    "mode": ("full", "lora"), "mixed_precision": ("fp16", "bf16", "no")}
+        from diffusers.optimization import SchedulerType
+
+        choices["lr_schedule"] = tuple(s.value for s in SchedulerType)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -96,11 +96,23 @@ def load_transformer(model_dir: Path, config: TrainConfig):
         from peft import LoraConfig
 
         transformer.requires_grad_(False)
+        check_lora_targets(transformer, config.lora_targets)
         transformer.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights=True,
                                            target_modules=config.lora_targets))
     configure_blocks(transformer, config.gradient_checkpointing, config.checkpoint_blocks,
                      config.selective_checkpointing, config.compile_blocks)
     return transformer.train()
+
+
+def check_lora_targets(transformer: torch.nn.Module, targets: list[str]) -> None:
+    """Every LoRA target must name (the end of) a linear layer's name, as peft matches them; else a ConfigError."""
+    linear = [name for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
+    unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in linear)]
+    if unmatched:
+        names = sorted({n.split(".")[-1] if not n.split(".")[-1].isdigit() else ".".join(n.split(".")[-2:])
+                        for n in linear})
+        raise ConfigError(f"lora_targets {', '.join(repr(t) for t in unmatched)} match no linear layer of the "
+                          f"transformer; its layers end in: {', '.join(names)}")
 
 
 def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
