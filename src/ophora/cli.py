@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from ophora.core.config import add_options, from_args, option
 from ophora.core.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, LOG_FILE, OphoraError
+from ophora.core.signals import Interrupted, exit_on_signals, signals_ignored
 
 log = logging.getLogger("ophora")
 
@@ -216,15 +218,19 @@ def main(argv: list[str] | None = None) -> int:
         name, command = f"{name} {sub_name}", command.sub[sub_name]
     log_file = None
     try:
-        config = from_args(_load(command.config), args)
-        log_file = _log_to_file(config)
-        return command.run(config) or EXIT_OK
+        with exit_on_signals():  # SIGTERM too ends the command with one line (core/signals.py)
+            config = from_args(_load(command.config), args)
+            log_file = _log_to_file(config)
+            return command.run(config) or EXIT_OK
     except OphoraError as exc:
         print(f"ophora {name}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"ophora {name}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        with signals_ignored():  # a further Ctrl-C must not turn this line into a traceback
+            stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+            log.debug("stopped: %s", stop.message())
+            print(f"ophora {name}: {stop.message()}", file=sys.stderr)
+            return stop.exit_code
     finally:
         if log_file is not None:
             logging.getLogger().removeHandler(log_file)

@@ -18,20 +18,27 @@ the base model's), and refused for any other (core/models.py: `encoder_fingerpri
 from __future__ import annotations
 
 import csv
-from collections import Counter
 import json
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ophora.core.errors import InputError
 from ophora.core.files import atomic_path, write_csv
 
+log = logging.getLogger(__name__)
+
 CACHE_FORMAT = 1
 INDEX_COLUMNS = ["clip id", "file", "instruction", "frames", "height", "width", "latent shape"]
+INFO_KEYS = ("format", "model", "encoder_fingerprint", "vae_scaling_factor", "latent_shapes", "frames")
+TENSORS = ("latent_mean", "latent_logvar", "prompt_embeds")
+REBUILD = "rerun the `ophora prepare` that made the cache (same dataset, --model and --out) to rebuild it"
 
 
 def clip_file(cache: Path, clip_id: str) -> Path:
@@ -54,8 +61,36 @@ def read_clip_header(path: Path) -> tuple[dict, dict[str, list[int]]]:
 
 
 def load_clip(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+    """A clip's tensors, or InputError naming the file when it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, SafetensorError) as exc:
+        raise InputError(f"cache clip {path} cannot be read ({' '.join(str(exc).split())}); {REBUILD}") from None
+
+
+def clip_problem(path: Path, latent_shape: tuple[int, ...] | None = None) -> str:
+    """What is wrong with a clip file, from its header alone ('' when nothing is): missing, garbage, truncated,
+    lacking tensors or metadata, or shapes that disagree with each other or with `latent_shape` (the index's)."""
+    try:
+        meta, shapes = read_clip_header(path)
+    except FileNotFoundError:
+        return "the file is missing"
+    except (OSError, SafetensorError, ValueError, RecursionError) as exc:  # ValueError: metadata that is not JSON
+        return f"unreadable: {' '.join(str(exc).split())}"
+    missing = [k for k in TENSORS if k not in shapes]
+    if missing:
+        return f"no {', '.join(missing)} tensor"
+    mean = tuple(shapes["latent_mean"])
+    if len(mean) != 4 or tuple(shapes["latent_logvar"]) != mean or len(shapes["prompt_embeds"]) != 2:
+        return f"tensor shapes {shapes} are not those of a clip"
+    if latent_shape is not None and mean != tuple(latent_shape):
+        return f"latent shape {list(mean)} differs from the index's {list(latent_shape)}"
+    expected = {"clip id": str, "instruction": str, "size": list, "frame_indices": list}
+    wrong = [k for k, kind in expected.items() if not isinstance(meta.get(k), kind)]
+    if wrong or len(meta["size"]) != 2:
+        return f"its metadata lacks {', '.join(wrong) or 'a valid size'}"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -72,27 +107,57 @@ def read_cache_info(cache: Path) -> dict:
         raise InputError(f"latent cache not found: {cache} (make it with `ophora prepare DATASET --model M --out {cache}`)")
     if not info_path.is_file() or not (cache / "index.csv").is_file():
         raise InputError(f"{cache} is not a finished latent cache (no cache.json/index.csv); rerun `ophora prepare` to finish it")
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(f"{info_path} is damaged ({type(exc).__name__}); {REBUILD}") from None
+    if not isinstance(info, dict) or any(k not in info for k in INFO_KEYS):
+        raise InputError(f"{info_path} lacks the cache's settings ({', '.join(INFO_KEYS)}); {REBUILD}")
     if info.get("format") != CACHE_FORMAT:
         raise InputError(f"{cache} has cache format {info.get('format')}, this ophora reads {CACHE_FORMAT}; prepare it again")
     return info
 
 
+def _entry(row: dict) -> CacheEntry:
+    shape = json.loads(row["latent shape"])
+    file = PurePosixPath(row["file"])
+    if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(n, int) and n > 0 for n in shape)):
+        raise ValueError(f"latent shape {row['latent shape']!r} of {row['clip id']!r}")
+    if file.is_absolute() or ".." in file.parts or file.parts[:1] != ("clips",):
+        raise ValueError(f"file {row['file']!r} is not inside the cache's clips/")
+    return CacheEntry(row["clip id"], row["file"], tuple(shape))
+
+
 def read_index(cache: Path, subset: set[str] | None = None) -> list[CacheEntry]:
-    """The clips of a cache (optionally only those in `subset`), in index order."""
-    with (cache / "index.csv").open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    entries = [CacheEntry(r["clip id"], r["file"], tuple(json.loads(r["latent shape"]))) for r in rows]
+    """The clips of a cache (optionally only those in `subset`), in index order; InputError if index.csv is damaged."""
+    path = cache / "index.csv"
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            entries = [_entry(row) for row in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError, KeyError, TypeError, RecursionError) as exc:
+        what = f"no column {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"{path} is damaged ({what}); {REBUILD}") from None
     if subset is not None:
         entries = [e for e in entries if e.clip_id in subset]
     return entries
 
 
+def intact_entries(cache: Path, entries: list[CacheEntry]) -> tuple[list[CacheEntry], list[tuple[CacheEntry, str]]]:
+    """The entries whose clip files are intact (headers checked, in threads), and the others with their problem."""
+    with ThreadPoolExecutor(8) as pool:
+        problems = list(pool.map(lambda e: clip_problem(cache / e.file, e.latent_shape), entries))
+    return ([e for e, p in zip(entries, problems) if not p], [(e, p) for e, p in zip(entries, problems) if p])
+
+
 def write_index(cache: Path) -> list[dict]:
-    """Scan the clip files and write index.csv (sorted by clip id); returns its rows."""
+    """Scan the clip files and write index.csv (sorted by clip id); returns its rows. Damaged files are left out."""
     rows = []
     for path in sorted((cache / "clips").glob("*.safetensors")):
         if path.name.startswith("."):
+            continue
+        problem = clip_problem(path)
+        if problem:
+            log.warning("cache clip %s left out of the index: %s", path, problem)
             continue
         meta, shapes = read_clip_header(path)
         rows.append({"clip id": meta["clip id"], "file": f"clips/{path.name}", "instruction": meta["instruction"],

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ophora.core.latent_cache import CACHE_FORMAT, clip_file, save_clip, write_index
+from ophora.core.latent_cache import CACHE_FORMAT, clip_file, clip_problem, save_clip, write_index
 from ophora.core.files import as_json_value, claim_folder, remove_partials, write_csv, write_json
 from ophora.core.ranks import barrier, init_ranks, pick_device
 from ophora.core.versions import versions
@@ -27,6 +27,7 @@ from ophora.prepare.frames import FrameSettings, decode_frames, to_vae_input
 from ophora.core.config import option
 from ophora.core.errors import InputError, OphoraError, failure_record
 from ophora.core.models import REQUIRED_PARTS, encoder_fingerprint, parse_dtype, resolve_model
+from ophora.core.signals import stop_requests
 
 log = logging.getLogger(__name__)
 
@@ -134,23 +135,25 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     if config.vae_tiling:
         vae.enable_tiling()
     summary = PrepareSummary()
-    for pair in tqdm(pairs[ranks.rank::ranks.world], desc=f"prepare (rank {ranks.rank})",
-                     disable=None if ranks.rank == 0 else True):
-        if clip_file(out, pair.clip_id).is_file():
-            summary.skipped += 1
-            continue
-        try:
-            encode_pair(pair, out, config, (tokenizer, text_encoder, vae), device, dtype)
-        except Exception as exc:
-            failure = failure_record(exc, log, f"clip {pair.clip_id}")
-            if isinstance(exc, OphoraError):
-                summary.rejects.append((pair.clip_id, failure["error_type"], failure["error"]))
-            else:
-                summary.failures.append((pair.clip_id, failure["error_type"], failure["error"]))
-                if device.startswith("cuda"):
-                    torch.cuda.empty_cache()
-            continue
-        summary.made += 1
+    mine = pairs[ranks.rank::ranks.world]
+    with stop_requests("clip") as stop:  # SIGINT/SIGTERM: finish the clip in hand, then stop (core/signals.py)
+        for pair in tqdm(mine, desc=f"prepare (rank {ranks.rank})", disable=None if ranks.rank == 0 else True):
+            stop.check(f"{summary.made} clips encoded in this run, {len(mine) - summary.made - summary.skipped} left")
+            if _intact(clip_file(out, pair.clip_id)):
+                summary.skipped += 1
+                continue
+            try:
+                encode_pair(pair, out, config, (tokenizer, text_encoder, vae), device, dtype)
+            except Exception as exc:
+                failure = failure_record(exc, log, f"clip {pair.clip_id}")
+                if isinstance(exc, OphoraError):
+                    summary.rejects.append((pair.clip_id, failure["error_type"], failure["error"]))
+                else:
+                    summary.failures.append((pair.clip_id, failure["error_type"], failure["error"]))
+                    if device.startswith("cuda"):
+                        torch.cuda.empty_cache()
+                continue
+            summary.made += 1
     summary.rejected, summary.failed = len(summary.rejects), len(summary.failures)
 
     # 3. rank 0 gathers the rejects and failures and writes the index and cache.json
@@ -162,6 +165,16 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     log.info("rank %d: %d clips encoded, %d already done, %d rejected, %d failed", ranks.rank, summary.made,
              summary.skipped, summary.rejected, summary.failed)
     return summary
+
+
+def _intact(path: Path) -> bool:
+    """Whether a clip file of an earlier run can be kept; a damaged one is encoded again."""
+    if not path.is_file():
+        return False
+    problem = clip_problem(path)
+    if problem:
+        log.warning("cache clip %s is damaged (%s); encoding it again", path, problem)
+    return not problem
 
 
 def encode_pair(pair, out: Path, config: PrepareConfig, encoders, device: str, dtype: torch.dtype) -> None:

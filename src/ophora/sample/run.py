@@ -20,6 +20,7 @@ from ophora.core.files import write_csv, write_json
 from ophora.core.media import write_video
 from ophora.core.models import parse_dtype, resolve_model, video_settings, weights_fingerprint
 from ophora.core.ranks import Ranks, barrier, init_ranks, pick_device
+from ophora.core.signals import Interrupted, stop_requests
 from ophora.core.tables import csv_row
 from ophora.core.versions import versions
 from ophora.sample.cfg_parallel import pair_groups, split_cfg_batch
@@ -108,25 +109,31 @@ def sample(config: SampleConfig) -> SampleSummary:
             split_cfg_batch(pipe.transformer, groups[pair], half)
         bar = tqdm(todo, desc=f"videos (rank {ranks.rank})" if ranks.world > 1 else "videos", unit="video",
                    disable=None if ranks.rank == 0 else True)
-        for job in bar:
-            bar.set_postfix_str(f"{job.clip_id}/{job.n}")
-            start = time.perf_counter()
+        # SIGINT/SIGTERM: a video takes minutes, so the one in hand is abandoned (its files are atomic; core/signals.py)
+        with stop_requests("video", at_once=True):
             try:
-                if writes:
-                    run_job(pipe, config, job, device, wanted[job])
-                else:
-                    generate(pipe, config, job, device, decode=False)
-            except Exception as exc:  # one video's failure is recorded; the others go on (core/errors.py)
-                failure = failure_record(exc, log, f"video {job.clip_id}/{job.n}")
-                summary.failed += 1
-                summary.failures.append((job.clip_id, job.n, failure["error"]))
-                if writes:
-                    write_json(error_path(config.out, job), {"clip_id": job.clip_id, "n": job.n, **failure})
-                if device.startswith("cuda"):
-                    torch.cuda.empty_cache()
-                continue
-            summary.made += 1
-            summary.seconds += time.perf_counter() - start
+                for job in bar:
+                    bar.set_postfix_str(f"{job.clip_id}/{job.n}")
+                    start = time.perf_counter()
+                    try:
+                        if writes:
+                            run_job(pipe, config, job, device, wanted[job])
+                        else:
+                            generate(pipe, config, job, device, decode=False)
+                    except Exception as exc:  # one video's failure is recorded; the others go on (core/errors.py)
+                        failure = failure_record(exc, log, f"video {job.clip_id}/{job.n}")
+                        summary.failed += 1
+                        summary.failures.append((job.clip_id, job.n, failure["error"]))
+                        if writes:
+                            write_json(error_path(config.out, job), {"clip_id": job.clip_id, "n": job.n, **failure})
+                        if device.startswith("cuda"):
+                            torch.cuda.empty_cache()
+                        continue
+                    summary.made += 1
+                    summary.seconds += time.perf_counter() - start
+            except Interrupted as stop:
+                raise stop.with_detail(f"{summary.made} videos made in this run, "
+                                       f"{len(todo) - summary.made - summary.failed} left") from None
 
     # 4. the manifest, failures and gallery of exactly these settings' videos, in prompt-file order
     barrier()

@@ -1,9 +1,11 @@
-"""Run folders and checkpoints: claim a folder for one run, save every N steps, resume from the newest.
+"""Run folders and checkpoints: claim a folder for one run, save every N steps, resume from the newest good one.
 
-A checkpoint `checkpoints/step-NNNNNNN/` is accelerate's `save_state` (model weights as safetensors;
-optimizer, LR-schedule and RNG states as torch pickles, which accelerate loads back: resume only from
-checkpoints you wrote yourself) plus `state.json` (step, data position, skipped steps). It is written
-under a temporary name and renamed, so a checkpoint that exists is complete.
+A checkpoint `checkpoints/step-NNNNNNN/` is accelerate's `save_state` (model weights as safetensors, optimizer
+and RNG states as torch files that are only ever loaded with `weights_only=True`) plus `state.json`: step,
+data position, skipped steps and the LR schedule's state. Nothing is registered with accelerate's
+`register_for_checkpointing` (it unpickles `custom_checkpoint_*.pkl` fully), and a checkpoint holding such a
+file is not loaded. A checkpoint is written under a temporary name and renamed, so one that exists is complete;
+one damaged afterwards is skipped with a warning and the previous one is used.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ophora.core.files import claim_folder, replace_dir, temp_dir, write_text
+from ophora.core.errors import InputError
+from ophora.core.files import claim_folder, read_json, replace_dir, temp_dir, write_text
 from ophora.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -40,13 +43,19 @@ def write_run_record(out: Path, config: TrainConfig, extra: dict) -> None:
                                                **extra}, indent=1))
 
 
+def _step_of(folder: Path) -> int | None:
+    number = folder.name.removeprefix("step-")
+    return int(number) if folder.name.startswith("step-") and number.isdigit() and folder.is_dir() else None
+
+
 def checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """The checkpoint folders of a run, oldest first (complete when written; `resume` checks them)."""
     folder = out / "checkpoints"
-    return sorted(p for p in folder.glob("step-*") if (p / "state.json").is_file()) if folder.is_dir() else []
+    found = [p for p in folder.iterdir() if _step_of(p) is not None] if folder.is_dir() else []
+    return sorted(found, key=_step_of)
 
 
-def save_checkpoint(accelerator, out: Path, state: TrainState, keep: int) -> Path:
+def save_checkpoint(accelerator, out: Path, state: TrainState, lr_scheduler, keep: int) -> Path:
     """Save the full training state (all processes call this) and keep only the newest `keep` checkpoints."""
     final = out / "checkpoints" / f"step-{state.step:07d}"
     tmp = temp_dir(final)
@@ -56,7 +65,7 @@ def save_checkpoint(accelerator, out: Path, state: TrainState, keep: int) -> Pat
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_text(tmp / "state.json", json.dumps(dataclasses.asdict(state)))
+        write_text(tmp / "state.json", json.dumps({**dataclasses.asdict(state), "lr_scheduler": lr_scheduler.state_dict()}))
         replace_dir(tmp, final)
         for old in checkpoints(out)[:-keep]:
             shutil.rmtree(old)
@@ -65,19 +74,68 @@ def save_checkpoint(accelerator, out: Path, state: TrainState, keep: int) -> Pat
     return final
 
 
-def resume(accelerator, out: Path) -> TrainState:
-    """Load the newest checkpoint of `out` into the prepared objects; a fresh state when there is none."""
-    found = checkpoints(out)
-    if not found:
-        return TrainState()
-    accelerator.load_state(str(found[-1]))
-    state = TrainState(**json.loads((found[-1] / "state.json").read_text()))
-    log.info("resumed from %s (step %d)", found[-1], state.step)
+def read_state(folder: Path) -> tuple[TrainState, dict | None]:
+    """A checkpoint's state.json: the train state and the LR schedule's state, or InputError if damaged."""
+    data = read_json(folder / "state.json", "checkpoint state")
+    fields = [f.name for f in dataclasses.fields(TrainState)]
+    if not all(isinstance(data.get(k), int) and data[k] >= 0 for k in fields) or data["step"] != _step_of(folder):
+        raise InputError(f"checkpoint state {folder / 'state.json'} does not describe step {_step_of(folder)}")
+    schedule = data.get("lr_scheduler")
+    if schedule is not None and not isinstance(schedule, dict):
+        raise InputError(f"checkpoint state {folder / 'state.json'} holds no valid LR schedule state")
+    return TrainState(**{k: data[k] for k in fields}), schedule
+
+
+def _load(accelerator, folder: Path, lr_scheduler) -> TrainState:
+    state, schedule = read_state(folder)
+    pickles = sorted(p.name for p in folder.glob("custom_checkpoint_*.pkl"))
+    if pickles:
+        raise InputError(f"it holds {pickles[0]}, a pickle ophora never loads (an older ophora's LR schedule: "
+                         "delete the file to resume from this checkpoint)")
+    accelerator.load_state(str(folder), load_kwargs={"weights_only": True})
+    if schedule is not None:
+        lr_scheduler.load_state_dict(schedule)
+    else:  # a checkpoint without the schedule's state: the schedule depends only on the step
+        for _ in range(state.step):
+            lr_scheduler.step()
     return state
 
 
+def resume(accelerator, out: Path, lr_scheduler) -> TrainState:
+    """Load the newest good checkpoint of `out` into the prepared objects; a fresh state when there is none.
+
+    A damaged checkpoint (unreadable weights or state, a foreign pickle) is skipped with a warning naming it.
+    """
+    found = checkpoints(out)
+    for i in range(len(found) - 1, -1, -1):
+        try:
+            state = _load(accelerator, found[i], lr_scheduler)
+        except Exception as exc:  # safetensors, torch and JSON each raise their own kinds for a damaged file
+            fallback = f"resuming from {found[i - 1].name} instead" if i else "no older checkpoint is left"
+            log.warning("checkpoint %s is damaged and skipped (%s: %s); %s", found[i], type(exc).__name__,
+                        " ".join(str(exc).split())[:300], fallback)
+            continue
+        log.info("resumed from %s (step %d)", found[i], state.step)
+        return state
+    if found:
+        raise InputError(f"every checkpoint under {out / 'checkpoints'} is damaged (warnings above); delete them to "
+                         "train from the start, or use another out")
+    return TrainState()
+
+
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop logged steps after `step` (they will be trained again after a resume)."""
-    if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        write_text(path, "".join(ln + "\n" for ln in lines))
+    """Keep the logged steps up to `step` (later ones will be trained again); drop a half-written or damaged line."""
+    if not path.is_file():
+        return
+    kept = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            record = json.loads(line)
+            logged = record["step"]
+        except (ValueError, TypeError, KeyError, RecursionError):
+            if line.strip():
+                log.warning("%s: line %d is damaged (half-written?) and dropped", path, number)
+            continue
+        if isinstance(logged, int) and logged <= step:
+            kept.append(line)
+    write_text(path, "".join(ln + "\n" for ln in kept))

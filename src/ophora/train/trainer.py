@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import math
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -21,11 +24,13 @@ from tqdm.auto import tqdm
 from ophora.train.batches import MicroBatches
 from ophora.core.dataset import read_csv_pairs
 from ophora.core.errors import ConfigError, InputError
-from ophora.core.latent_cache import cache_video_settings, read_cache_info, read_index
+from ophora.core.latent_cache import cache_video_settings, intact_entries, read_cache_info, read_index
 from ophora.core.models import TRAIN_RECORD, encoder_fingerprint, resolve_model
+from ophora.core.signals import Interrupted, die_with_parent, stop_requests
 from ophora.core.versions import versions
 from ophora.train.blocks import configure_blocks
-from ophora.train.checkpoint import TrainState, claim_run, resume, save_checkpoint, truncate_metrics, write_run_record
+from ophora.train.checkpoint import (TrainState, checkpoints, claim_run, resume, save_checkpoint, truncate_metrics,
+                                     write_run_record)
 from ophora.train.config import TrainConfig
 from ophora.train.export import export_pipeline, merged_lora_state_dict
 from ophora.train.positions import rotary_embeddings
@@ -37,8 +42,9 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------- inputs
 
 
-def check_cache(config: TrainConfig, model_dir: Path) -> tuple[dict, list]:
-    """The cache's info and entries, after checking it was made with this model's VAE and text encoder."""
+def check_cache(config: TrainConfig, model_dir: Path) -> tuple[dict, list, int]:
+    """The cache's info, its intact entries and how many damaged ones were left out (each named in a warning),
+    after checking it was made with this model's VAE and text encoder."""
     cache = Path(config.cache)
     info = read_cache_info(cache)
     fingerprint = encoder_fingerprint(model_dir)
@@ -48,10 +54,16 @@ def check_cache(config: TrainConfig, model_dir: Path) -> tuple[dict, list]:
     subset = None
     if config.subset_csv:
         subset = {clip_id for clip_id, _ in read_csv_pairs(Path(config.subset_csv))}
-    entries = read_index(cache, subset)
+    entries, damaged = intact_entries(cache, read_index(cache, subset))
+    for entry, problem in damaged:
+        log.warning("cache clip %s is damaged and left out of training: %s", cache / entry.file, problem)
+    if damaged:
+        log.warning("%d damaged cache clip(s) left out; rerun `ophora prepare` with the same settings to re-encode them",
+                    len(damaged))
     if not entries:
-        raise InputError(f"cache {cache} holds none of the clips of {config.subset_csv or 'its index'}")
-    return info, entries
+        raise InputError(f"cache {cache} holds none of the clips of {config.subset_csv or 'its index'}"
+                         + (f" intact ({len(damaged)} damaged)" if damaged else ""))
+    return info, entries, len(damaged)
 
 
 def check_model_fits_cache(transformer, info: dict, entries: list) -> None:
@@ -185,7 +197,7 @@ def train(config: TrainConfig) -> Path:
     # 1. inputs, checked before anything heavy is loaded
     config.check()
     model_dir = resolve_model(config.model)
-    info, entries = check_cache(config, model_dir)
+    info, entries, damaged = check_cache(config, model_dir)
     video = cache_video_settings(info, entries)  # what the trained model makes by default (travels with it)
     out = Path(config.out)
     claim_run(out, config)
@@ -204,90 +216,118 @@ def train(config: TrainConfig) -> Path:
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
     lr_scheduler = make_lr_scheduler(optimizer, config)
-    model, optimizer = accelerator.prepare(transformer, optimizer)
-    accelerator.register_for_checkpointing(lr_scheduler)
+    model, optimizer = accelerator.prepare(transformer, optimizer)  # the LR schedule is saved by save_checkpoint
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        write_run_record(out, config, {"world_size": world, "clips": len(entries), "cache": info["model"],
+        write_run_record(out, config, {"world_size": world, "clips": len(entries), "damaged_clips": damaged,
+                                       "cache": info["model"],
                                        "trainable_parameters": sum(p.numel() for p in params),
                                        "video": video})
     accelerator.wait_for_everyone()
 
     # 3. resume
-    state = resume(accelerator, out)
+    state = resume(accelerator, out, lr_scheduler)
     if accelerator.is_main_process:
         truncate_metrics(out / "metrics.jsonl", state.step)
     last = min(config.steps, config.stop_at_step or config.steps)
     data = MicroBatches(Path(config.cache), entries, config.batch_size, rank, world, config.seed,
                         start=state.micro_step, count=max(0, last - state.step) * config.grad_accum)
     loader = iter(torch.utils.data.DataLoader(data, batch_size=None, num_workers=config.num_workers,
-                                              pin_memory=torch.cuda.is_available()))
+                                              pin_memory=torch.cuda.is_available(),
+                                              worker_init_fn=functools.partial(_worker_init, os.getpid())))
     accelerator.init_trackers("train", config={k: v for k, v in dataclasses.asdict(config).items()
                                                 if isinstance(v, (int, float, str, bool))})
-    validator = None
     log.info("training %s on %d clips: steps %d..%d, %d process(es), global batch %d x %d accumulation",
              config.mode, len(entries), state.step + 1, last, world, global_batch, config.grad_accum)
 
-    # 4. the loop
+    # 4. the loop; SIGINT/SIGTERM: checkpoint at the end of the step in hand, then stop (core/signals.py)
+    validator = None
     progress = tqdm(range(state.step + 1, last + 1), desc="train", disable=not accelerator.is_main_process)
     tick, samples = time.perf_counter(), 0
-    for step in progress:
-        finite, losses = True, []
-        for k in range(config.grad_accum):
-            batch = next(loader)
-            sync = contextlib.nullcontext() if k == config.grad_accum - 1 else accelerator.no_sync(model)
-            with sync:
-                loss = diffusion_loss(model, noise_scheduler, batch, config, info["vae_scaling_factor"], global_batch,
-                                      strata, transformer.config)
-                bad = accelerator.reduce((~torch.isfinite(loss.detach())).float(), "sum")
-                if bad.item() > 0:
-                    finite = False  # not trained on: no backward, and this step's update is dropped
-                else:
-                    accelerator.backward(loss / config.grad_accum)
-            losses.append(accelerator.reduce(loss.detach(), "mean"))
-            state.micro_step += 1
-        grad_norm = torch.tensor(float("nan"))
-        if finite:
-            norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)  # None under DeepSpeed, which clips itself
-            grad_norm = grad_norm if norm is None else norm.detach().float()
-            # fp16: the loss scaler skips an overflowing step itself
-            finite = norm is None or bool(torch.isfinite(grad_norm)) or config.mixed_precision == "fp16"
-        if finite:
-            optimizer.step()
-        else:
-            state.skipped += 1
-            log.warning("step %d: non-finite loss or gradient, update skipped (%d so far)", step, state.skipped)
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step = step
-        samples += global_batch * config.grad_accum
+    with stop_requests("training step") as stop:
+        for step in progress:
+            finite, losses = True, []
+            for k in range(config.grad_accum):
+                batch = next(loader)
+                sync = contextlib.nullcontext() if k == config.grad_accum - 1 else accelerator.no_sync(model)
+                with sync:
+                    loss = diffusion_loss(model, noise_scheduler, batch, config, info["vae_scaling_factor"], global_batch,
+                                          strata, transformer.config)
+                    bad = accelerator.reduce((~torch.isfinite(loss.detach())).float(), "sum")
+                    if bad.item() > 0:
+                        finite = False  # not trained on: no backward, and this step's update is dropped
+                    else:
+                        accelerator.backward(loss / config.grad_accum)
+                losses.append(accelerator.reduce(loss.detach(), "mean"))
+                state.micro_step += 1
+            grad_norm = torch.tensor(float("nan"))
+            if finite:
+                norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)  # None under DeepSpeed, which clips itself
+                grad_norm = grad_norm if norm is None else norm.detach().float()
+                # fp16: the loss scaler skips an overflowing step itself
+                finite = norm is None or bool(torch.isfinite(grad_norm)) or config.mixed_precision == "fp16"
+            if finite:
+                optimizer.step()
+            else:
+                state.skipped += 1
+                log.warning("step %d: non-finite loss or gradient, update skipped (%d so far)", step, state.skipped)
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step = step
+            samples += global_batch * config.grad_accum
 
-        loss_value = torch.stack(losses).mean().item()
-        line = {"step": step, "loss": loss_value, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                "skipped": not finite}
-        if step % config.log_every == 0 or step == last or not finite:
-            now = time.perf_counter()
-            record = {"step": step, "loss": loss_value, "lr": lr_scheduler.get_last_lr()[0],
-                      "grad_norm": float(grad_norm), "samples_per_s": samples / (now - tick), "skipped": state.skipped}
-            tick, samples = now, 0
-            if torch.cuda.is_available():
-                record["memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            accelerator.log({k: v for k, v in record.items() if k != "step" and math.isfinite(v)}, step=step)
-            line.update({k: record[k] for k in ("samples_per_s", "memory_gib") if k in record})
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}")
-        if accelerator.is_main_process:
-            with (out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(line) + "\n")
-        if step % config.checkpoint_every == 0 or step == last:
-            save_checkpoint(accelerator, out, state, config.keep_checkpoints)
-        if config.validation_prompts and (step == config.steps or (config.validate_every and step % config.validate_every == 0)):
-            validator = validate(accelerator, model, model_dir, config, out, step, validator, video)
+            loss_value = torch.stack(losses).mean().item()
+            line = {"step": step, "loss": loss_value, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                    "skipped": not finite}
+            if step % config.log_every == 0 or step == last or not finite:
+                now = time.perf_counter()
+                record = {"step": step, "loss": loss_value, "lr": lr_scheduler.get_last_lr()[0],
+                          "grad_norm": float(grad_norm), "samples_per_s": samples / (now - tick), "skipped": state.skipped}
+                tick, samples = now, 0
+                if torch.cuda.is_available():
+                    record["memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                accelerator.log({k: v for k, v in record.items() if k != "step" and math.isfinite(v)}, step=step)
+                line.update({k: record[k] for k in ("samples_per_s", "memory_gib") if k in record})
+                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}")
+            if accelerator.is_main_process:
+                with (out / "metrics.jsonl").open("a") as f:
+                    f.write(json.dumps(line) + "\n")
+            stopping = _stop_agreed(accelerator, stop)
+            if stopping or step % config.checkpoint_every == 0 or step == last:
+                check_finite(accelerator, model, step, out)
+                saved = save_checkpoint(accelerator, out, state, lr_scheduler, config.keep_checkpoints)
+            if stopping:
+                raise Interrupted(stopping, f"saved checkpoint {saved} (step {step} of {config.steps})")
+            if config.validation_prompts and (step == config.steps or (config.validate_every and step % config.validate_every == 0)):
+                validator = validate(accelerator, model, model_dir, config, out, step, validator, video)
 
     # 5. export
     if state.step >= config.steps and config.export and not exported(out, state):
+        check_finite(accelerator, model, state.step, out)
         export(accelerator, model, model_dir, config, out, state, video)
     accelerator.end_training()
     return out
+
+
+def _worker_init(parent: int, worker: int) -> None:
+    die_with_parent(parent)
+
+
+def check_finite(accelerator, model, step: int, out: Path) -> None:
+    """ConfigError when a trainable weight holds NaN/inf (on any process): the run diverged, nothing of it is kept."""
+    weights = [p.detach() for p in model.parameters() if p.requires_grad]
+    bad = torch.stack([~torch.isfinite(w).all() for w in weights]).any().float() if weights else torch.zeros(())
+    if accelerator.reduce(bad.to(accelerator.device), "sum").item() > 0:
+        good = checkpoints(out)
+        raise ConfigError(f"training diverged: the weights hold NaN/inf after step {step}, so nothing of it is saved or "
+                          f"exported (newest checkpoint: {good[-1] if good else 'none'}); train again in a new out with "
+                          "a lower learning_rate or max_grad_norm")
+
+
+def _stop_agreed(accelerator, stop) -> int:
+    """The signal that stops every process at this step boundary (0: go on); all processes decide alike."""
+    asked = accelerator.reduce(torch.tensor(float(stop.signum), device=accelerator.device), "sum").item()
+    return (stop.signum or signal.SIGTERM) if asked else 0
 
 
 def validate(accelerator, model, model_dir: Path, config: TrainConfig, out: Path, step: int, validator, video: dict):
