@@ -7,6 +7,7 @@ Exit codes (core/errors.py): 0 done, 1 some items failed (listed in the outputs;
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import signal
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ophora.core.config import add_options, from_args, option
+from ophora.core.files import check_output_folder
 from ophora.core.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, LOG_FILE, OphoraError
 from ophora.core.signals import Interrupted, exit_on_signals, signals_ignored
 
@@ -32,6 +34,7 @@ class Command:
     run: Callable[[object], int | None] | None = None
     aliases: tuple[str, ...] = ()
     sub: dict[str, "Command"] | None = None
+    outputs: tuple[str, ...] = ()  # config fields naming folders it writes: checked writable before it runs
 
 
 def _load(ref: str):
@@ -91,6 +94,7 @@ def _train(c: TrainArgs) -> None:
     if c.print_config:
         print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), end="")
         return
+    check_output_folder(config.out)
     print(_load("ophora.train.trainer:train")(config))
 
 
@@ -110,6 +114,8 @@ def _prepare(config) -> int:
 
 
 def _sample(config) -> int:
+    if _load("ophora.train.export:is_checkpoint")(config.model):  # any checkpoint can be sampled (exported once)
+        config.model = str(_load("ophora.train.export:checkpoint_pipeline")(Path(config.model)))
     summary = _load("ophora.sample.run:sample")(config)
     return EXIT_PARTIAL if summary.failed else EXIT_OK
 
@@ -141,6 +147,11 @@ def _review_export(config) -> int:
     return EXIT_OK
 
 
+def _export(config) -> int:
+    print(_load("ophora.train.export:export_checkpoint")(config))
+    return EXIT_OK
+
+
 def _evaluate(config) -> int:
     result = _load("ophora.evaluate.run:evaluate")(config)
     shown = ", ".join(f"{k} {result[k]:.4g}" for k in ("fid", "fvd", "clipscore", "leakage_rate", "memorisation_rate",
@@ -151,32 +162,34 @@ def _evaluate(config) -> int:
 
 COMMANDS: dict[str, Command] = {
     "demo": Command("run the pipeline end to end on a tiny untrained model and write a gallery",
-                    "ophora.cli:DemoConfig", _demo),
+                    "ophora.cli:DemoConfig", _demo, outputs=("out",)),
     "make-narrated-videos": Command("write synthetic narrated cataract-surgery videos with known curation ground "
                                     "truth", "ophora.cli:NarratedVideosConfig", _narrated_videos,
-                                    aliases=("make-sample-videos",)),
+                                    aliases=("make-sample-videos",), outputs=("dir",)),
     "curate": Command("narrated surgery videos -> clips + instructions, with a privacy-preserved subset",
-                      "ophora.curate.pipeline:CurateConfig", _curate),
+                      "ophora.curate.pipeline:CurateConfig", _curate, outputs=("out",)),
     "prepare": Command("encode a dataset's clips (VAE latents + T5 embeddings) into a training cache; torchrun "
-                       "shards it", "ophora.prepare.run:PrepareConfig", _prepare),
+                       "shards it", "ophora.prepare.run:PrepareConfig", _prepare, outputs=("out",)),
     "train": Command("train or fine-tune the transformer (TPT, P2FT); resumes; accelerate launch for many GPUs",
                      "ophora.cli:TrainArgs", _train),
     "sample": Command("generate videos from prompts (multi-GPU with torchrun), resumable",
-                      "ophora.sample.config:SampleConfig", _sample),
+                      "ophora.sample.config:SampleConfig", _sample, outputs=("out",)),
+    "export": Command("write a diffusers pipeline folder from any checkpoint of a training run (RUN/checkpoints/"
+                      "step-N), to sample or evaluate it", "ophora.train.export:ExportConfig", _export, outputs=("out",)),
     "evaluate": Command("FID, FVD, CLIPScore, privacy leakage, memorisation and temporal consistency of generated "
-                        "videos against real ones", "ophora.evaluate.run:EvaluateConfig", _evaluate),
+                        "videos against real ones", "ophora.evaluate.run:EvaluateConfig", _evaluate, outputs=("out",)),
     "make-random-model": Command("write a randomly initialised CogVideoX pipeline (diffusers layout) for tests, the "
                                  "demo and benchmarks", "ophora.cli:RandomModelConfig", _random_model,
-                                 aliases=("make-tiny-model",)),
+                                 aliases=("make-tiny-model",), outputs=("dir",)),
     "review": Command("a blinded web app in which ophthalmologists rate generated videos", sub={
         "create": Command("define a study (or add videos to one): videos, criteria, per-rater random orders",
-                          "ophora.review.config:CreateConfig", _review_create),
+                          "ophora.review.config:CreateConfig", _review_create, outputs=("study",)),
         "add-rater": Command("add a rater and print their personal link (only a hash of it is stored)",
                              "ophora.review.config:AddRaterConfig", _review_add_rater),
         "serve": Command("serve the rater pages and the admin's progress view",
                          "ophora.review.config:ServeConfig", _review_serve),
         "export": Command("write every answer as CSV plus the summary (HTML with plots, CSV, JSON)",
-                          "ophora.review.config:ExportConfig", _review_export),
+                          "ophora.review.config:ExportConfig", _review_export, outputs=("out",)),
     }),
 }
 DEPRECATED = {alias: name for name, c in COMMANDS.items() for alias in c.aliases}
@@ -220,10 +233,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with exit_on_signals():  # SIGTERM too ends the command with one line (core/signals.py)
             config = from_args(_load(command.config), args)
+            for field in command.outputs:
+                check_output_folder(getattr(config, field))
             log_file = _log_to_file(config)
             return command.run(config) or EXIT_OK
     except OphoraError as exc:
         print(f"ophora {name}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        if exc.errno not in _REFUSED_WRITES:
+            raise
+        log.debug("the file system refused:", exc_info=True)
+        print(f"ophora {name}: error: {exc.filename or 'a file'}: {exc.strerror}; free some space, fix the permissions "
+              "or choose another output folder, then rerun to resume", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt as exc:
         with signals_ignored():  # a further Ctrl-C must not turn this line into a traceback
@@ -235,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         if log_file is not None:
             logging.getLogger().removeHandler(log_file)
             log_file.close()
+
+
+# The file system refused a write that the up-front checks could not foresee (a disk filling up during the run).
+_REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
 
 
 class _RunLog(logging.FileHandler):

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -76,6 +77,37 @@ def replace_dir(tmp: Path, path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
+
+
+MIN_FREE_BYTES = 16 * 2**20  # an output folder's disk needs at least this much free space to start
+
+
+def check_output_folder(folder: str | Path, free_bytes=lambda p: shutil.disk_usage(p).free) -> None:
+    """Raise InputError naming `folder` unless it is, or can be made, a writable folder on a disk with space.
+
+    Checked before a stage starts work: an existing file in its place or above it, a folder or file system
+    that refuses writes (a test file is created and removed), and a full disk (`free_bytes` of the nearest
+    existing folder below MIN_FREE_BYTES).
+    """
+    folder = Path(folder)
+    try:
+        existing = folder.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            what = "is a file" if existing == folder.absolute() else f"is inside {existing}, which is a file"
+            raise InputError(f"output folder {folder} {what}, not a folder; choose another path")
+        with tempfile.TemporaryFile(dir=existing, prefix=f".ophora{PARTIAL}") as probe:
+            probe.write(b"0")
+            probe.flush()
+            os.fsync(probe.fileno())
+        free = free_bytes(existing)
+    except OSError as exc:
+        raise InputError(f"output folder {folder} cannot be written ({exc.strerror or type(exc).__name__} in "
+                         f"{existing}); choose another folder or fix its permissions") from None
+    if free < MIN_FREE_BYTES:
+        raise InputError(f"output folder {folder} is on a full disk ({free / 2**20:.1f} MiB free in {existing}); "
+                         "free some space or choose another folder")
 
 
 def remove_partials(folder: Path) -> int:
