@@ -33,6 +33,10 @@ class SampleConfig:
     width: int | None = option(None, "video width, a multiple of 16; default: the model's")
     fps: int | None = option(None, "frame rate of the written videos; default: the model's")
     seed: int = option(42, "run seed; each video's seed is derived from (seed, clip id, n)")
+    fixed_seed: bool = option(False, "authors-compatible sampling: every video uses --seed itself instead of a seed "
+                                     "derived from (seed, clip id, n)", group="authors-compatible sampling")
+    one_based: bool = option(False, "authors-compatible sampling: number each prompt's videos 1, 2, ... "
+                                    "(<clip id>/1.mp4) instead of 0, 1, ...", group="authors-compatible sampling")
     dtype: str | None = option(None, "weights and activations: bf16, fp16 or fp32; default: bf16 on GPU, fp32 on CPU",
                                choices=(*DTYPES, *AUTHOR_DTYPES))
     device: str | None = option(None, "default: cuda:<local rank> if a GPU is present, else cpu")
@@ -49,7 +53,8 @@ class SampleConfig:
     compile: bool = option(False, "torch.compile the repeated transformer block on GPU (faster steps; the first video "
                                   "pays about a minute of compiling, cached on disk for later runs)")
     fuse_qkv: bool | None = option(None, "fuse the attention projections (default: on GPU)", cli=False)
-    step_progress: bool | None = option(None, "a progress bar over the steps of each video (default: on GPU)", cli=False)
+    step_progress: bool | None = option(None, "a progress bar over the denoising steps of each video (default: on "
+                                              "GPU, where one video takes minutes)")
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -65,6 +70,9 @@ class SampleConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.qp <= 51:
             raise ConfigError(f"--qp must be between 0 and 51, got {self.qp}")
+        if self.fixed_seed and self.videos_per_prompt > 1:
+            raise ConfigError(f"--fixed-seed gives every video of a prompt the same seed, so --videos-per-prompt "
+                              f"{self.videos_per_prompt} would make identical videos; drop one of the two")
         if self.cfg_parallel and self.guidance <= 1.0:
             raise ConfigError("--cfg-parallel splits classifier-free guidance over two ranks and needs --guidance > 1")
         if self.dtype is not None and self.dtype not in DTYPES:

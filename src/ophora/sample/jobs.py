@@ -53,8 +53,13 @@ def video_seed(seed: int, clip_id: str, n: int) -> int:
     return derived_seed(seed, clip_id, n)
 
 
-def plan_jobs(prompts: list[tuple[str, str]], videos_per_prompt: int, seed: int) -> list[Job]:
-    return [Job(cid, n, p, video_seed(seed, cid, n)) for cid, p in prompts for n in range(videos_per_prompt)]
+def plan_jobs(prompts: list[tuple[str, str]], videos_per_prompt: int, seed: int, *, fixed_seed: bool = False,
+              one_based: bool = False) -> list[Job]:
+    """Every video to make, in prompt order, numbered from 0 (from 1 with `one_based`), each with its seed derived
+    from (seed, clip id, n), or `seed` itself with `fixed_seed` (the authors' sampling)."""
+    first = 1 if one_based else 0
+    return [Job(cid, n, p, seed if fixed_seed else video_seed(seed, cid, n))
+            for cid, p in prompts for n in range(first, first + videos_per_prompt)]
 
 
 def shard(jobs: list[Job], rank: int, world: int) -> list[Job]:

@@ -86,7 +86,8 @@ def sample(config: SampleConfig) -> SampleSummary:
         raise ConfigError(f"--cfg-parallel pairs ranks and needs an even number of them, got {ranks.world}")
 
     # 2. the jobs of this rank, and which of them are done
-    all_jobs = plan_jobs(prompts, config.videos_per_prompt, config.seed)
+    all_jobs = plan_jobs(prompts, config.videos_per_prompt, config.seed, fixed_seed=config.fixed_seed,
+                         one_based=config.one_based)
     wanted = {job: identity(config, job, weights) for job in all_jobs}
     if config.cfg_parallel:  # rank pairs share each video; the pair's first rank decodes and writes it
         groups = pair_groups(ranks.world) if ranks.world > 1 else []
