@@ -34,6 +34,7 @@ from ophora.train.checkpoint import (TrainState, checkpoints, claim_run, resume,
 from ophora.train.config import TrainConfig
 from ophora.train.export import export_pipeline, merged_lora_state_dict
 from ophora.train.positions import rotary_embeddings
+from ophora.train.report import write_report
 from ophora.train.timesteps import sample_seed, sample_timesteps
 
 log = logging.getLogger(__name__)
@@ -305,6 +306,8 @@ def train(config: TrainConfig) -> Path:
     if state.step >= config.steps and config.export and not exported(out, state):
         check_finite(accelerator, model, state.step, out)
         export(accelerator, model, model_dir, config, out, state, video)
+    if accelerator.is_main_process:
+        write_report(out)  # RUN/report.html: loss, learning rate, grad norm and validation videos over the steps
     accelerator.end_training()
     return out
 
