@@ -1,0 +1,213 @@
+"""Bad input, bad settings, bad files: each class ends in one line naming the file or setting, exit 2, before work.
+
+Every case goes through `ophora.cli.main`, as a user's command line would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ophora import cli
+from ophora.prepare.run import PrepareConfig, prepare
+from ophora.synthetic.narrated_videos import sample_plan, write_narrated_video, write_sidecar
+from test_prepare import SMALL, write_synthetic_dataset
+
+LONG_STEM = "a" * 240  # a 240-byte file name stem
+CJK_STEM = "白内障手術" * 16  # 80 CJK characters: 240 bytes of UTF-8
+
+
+def one_line_error(capsys, *argv: str) -> str:
+    """Run the CLI, expect exit 2 with exactly one line on stderr and no traceback; return that line."""
+    assert cli.main(list(argv)) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("INFO", "WARNING"))]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def narrated(tmp_path_factory) -> Path:
+    """One synthetic narrated video (cataract_a) with its .srt sidecar."""
+    folder = tmp_path_factory.mktemp("narrated")
+    video = sample_plan()[0]
+    write_narrated_video(video, folder, fps=15.0, seed=0)
+    write_sidecar(video, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_model, tmp_path_factory) -> Path:
+    dataset = write_synthetic_dataset(tmp_path_factory.mktemp("dataset"), bad=False)
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    prepare(PrepareConfig(dataset=dataset, model=str(tiny_model), out=out, **SMALL))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- output paths
+
+def command_lines(model: Path, out: str) -> dict[str, list[str]]:
+    """A valid command line of every command that writes, with `out` as its output folder."""
+    return {
+        "curate": ["curate", str(model), "--out", out],
+        "prepare": ["prepare", str(model), "--model", str(model), "--out", out],
+        "train": ["train", "tiny-tpt", f"model={model}", "cache=cache", f"out={out}"],
+        "sample": ["sample", "--model", str(model), "--prompt", "Incise.", "--out", out],
+        "export": ["export", str(model / "checkpoints" / "step-1"), out],
+        "evaluate": ["evaluate", "--real", str(model), "--generated", str(model), "--out", out],
+        "demo": ["demo", "--out", out],
+        "make-random-model": ["make-random-model", out],
+        "make-narrated-videos": ["make-narrated-videos", out],
+        "review create": ["review", "create", out, "--generated", str(model)],
+        "review export": ["review", "export", str(model), "--out", out],
+    }
+
+
+COMMANDS = list(command_lines(Path("m"), "o"))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("kind", ["a file", "inside a file", "read-only file system", "full disk"])
+def test_unusable_output_folders_are_refused_before_work(command, kind, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    out = {"a file": blocker, "inside a file": blocker / "sub" / "out", "read-only file system": Path("/sys/ophora-out"),
+           "full disk": tmp_path / "new" / "out"}[kind]
+    if kind == "read-only file system" and not Path("/sys").is_dir():
+        pytest.skip("no /sys on this system")
+    if kind == "full disk":
+        monkeypatch.setattr("ophora.core.files.shutil.disk_usage", lambda p: shutil._ntuple_diskusage(100, 99, 1))
+    line = one_line_error(capsys, *command_lines(tmp_path, str(out))[command])
+    assert f"output folder {out}" in line
+    assert {"a file": "is a file", "inside a file": "which is a file", "read-only file system": "cannot be written",
+            "full disk": "full disk"}[kind] in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]  # nothing was made
+
+
+@pytest.mark.skipif(hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0,
+                    reason="root may write into read-only folders")
+def test_read_only_folder_is_refused(tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o555)
+    line = one_line_error(capsys, "make-random-model", str(folder / "model"))
+    assert "cannot be written" in line and str(folder / "model") in line
+
+
+# ------------------------------------------------------------------------------------------- names and ids
+
+def test_sources_with_names_at_the_file_system_limit_are_curated(narrated, tmp_path, capsys):
+    source = tmp_path / "in"
+    source.mkdir()
+    for stem in (LONG_STEM, CJK_STEM):
+        shutil.copy(narrated / "cataract_a.mp4", source / f"{stem}.mp4")
+        shutil.copy(narrated / "cataract_a.srt", source / f"{stem}.srt")
+    assert cli.main(["curate", str(source), "--out", str(tmp_path / "ds"), "--workers", "1"]) == 0
+    clips = sorted(p.name for p in (tmp_path / "ds" / "clips").iterdir())
+    assert any(c.startswith(LONG_STEM + "_") for c in clips) and any(c.startswith(CJK_STEM + "_") for c in clips)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("clip_id, problem", [
+    ("a\x00b", "cannot be a file or folder name"), ("tab\there", "cannot be a file or folder name"),
+    ("x" * 256, "256 bytes long"), ("é" * 128, "256 bytes long"), ("..", "cannot be a file or folder name"),
+    ("a/b", "cannot be a file or folder name"),
+])
+def test_ids_that_cannot_name_a_file_are_refused(tiny_model, tmp_path, capsys, clip_id, problem):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text(f'clip id,caption prompt\nok,Incise.\n"{clip_id}",Inject.\n', encoding="utf-8")
+    line = one_line_error(capsys, "sample", "--model", str(tiny_model), "--prompts", str(prompts),
+                          "--out", str(tmp_path / "out"))
+    assert f"{prompts} line 3: clip id" in line and problem in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("clip_id", [LONG_STEM, CJK_STEM, "x" * 255], ids=["240-bytes", "80-cjk", "255-bytes"])
+def test_sample_ids_at_the_file_system_limit_work(tiny_model, tmp_path, clip_id):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text(f"clip id,caption prompt\n{clip_id},Incise.\n", encoding="utf-8")
+    argv = ["sample", "--model", str(tiny_model), "--prompts", str(prompts), "--out", str(tmp_path / "out"),
+            "--steps", "1", "--frames", "9", "--height", "32", "--width", "32"]
+    assert cli.main(argv) == 0
+    assert (tmp_path / "out" / clip_id / "0.mp4").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------- sidecars
+
+def test_transcript_nested_100000_deep_skips_its_source_only(narrated, tmp_path, capsys):
+    source = tmp_path / "in"
+    source.mkdir()
+    for stem in ("deep", "fine"):
+        shutil.copy(narrated / "cataract_a.mp4", source / f"{stem}.mp4")
+    (source / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    shutil.copy(narrated / "cataract_a.srt", source / "fine.srt")
+    assert cli.main(["curate", str(source), "--out", str(tmp_path / "ds"), "--workers", "1"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    summary = json.loads((tmp_path / "ds" / "summary.json").read_text())
+    skipped = (tmp_path / "ds" / "skipped_sources.csv").read_text()
+    assert "deep.mp4" in skipped and "bad_subtitles" in skipped and "nested too deeply" in skipped
+    assert summary["clips"]["kept"] > 0 and all(p.name.startswith("fine_") for p in (tmp_path / "ds" / "clips").iterdir())
+
+
+# ------------------------------------------------------------------------------------------- settings
+
+@pytest.mark.parametrize("override, named", [
+    ("beta1=2", "beta1"), ("beta2=1", "beta2"), ("beta2=-0.1", "beta2"), ("epsilon=0", "epsilon"),
+    ("epsilon=-1e-8", "epsilon"), ("epsilon=.nan", "epsilon"), ("weight_decay=-0.1", "weight_decay"),
+    ("num_workers=-1", "num_workers"), ("batch_size=true", "batch_size"), ("batch_size=0", "batch_size"),
+    ("batch_size=2.5", "batch_size"), ("learning_rate=.nan", "learning_rate"), ("learning_rate=.inf", "learning_rate"),
+    ("learning_rate=0", "learning_rate"), ("max_grad_norm=.nan", "max_grad_norm"), ("warmup_steps=-1", "warmup_steps"),
+    ("lr_cycles=0", "lr_cycles"), ("lr_schedule=cosine_restarts", "lr_schedule"), ("grad_accum=0", "grad_accum"),
+    ("validation_height=30", "validation_height"), ("validation_width=0", "validation_width"),
+    ("validation_frames=10", "validation_frames"), ("validation_steps=0", "validation_steps"),
+    ("optimizer=sgd", "optimizer"), ("mode=lora lora_targets=[]", "lora_targets"),
+])
+def test_settings_the_libraries_reject_are_refused_up_front(override, named, tmp_path, capsys):
+    line = one_line_error(capsys, "train", "tiny-tpt", "model=m", "cache=c", f"out={tmp_path / 'run'}",
+                          *override.split())
+    assert named in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_lora_targets_matching_no_module_are_refused_before_training(tiny_model, cache, tmp_path, capsys):
+    run = tmp_path / "run"
+    line = one_line_error(capsys, "train", "tiny-tpt", f"model={tiny_model}", f"cache={cache}", f"out={run}",
+                          "mode=lora", "lora_targets=[to_q,to_qq]", "validation_prompts=[]")
+    assert "lora_targets 'to_qq' match no linear layer" in line and "to_q," in line
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--crf", "-1"], "--crf"), (["--crf", "52"], "--crf"), (["--min-width", "-5"], "min-width"),
+    (["--min-seconds", "-1"], "min"), (["--workers", "0"], "--workers"),
+])
+def test_bad_curate_settings(narrated, tmp_path, capsys, flags, named):
+    line = one_line_error(capsys, "curate", str(narrated), "--out", str(tmp_path / "ds"), *flags)
+    assert named.replace("--", "").replace("-", "_") in line.replace("-", "_")
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--qp", "-1"], "--qp"), (["--qp", "52"], "--qp"), (["--steps", "0"], "--steps"),
+    (["--frames", "10"], "--frames"), (["--height", "50", "--frames", "9"], "--height"),
+    (["--fixed-seed", "--videos-per-prompt", "2"], "--fixed-seed"), (["--guidance", "nan"], "--guidance"),
+])
+def test_bad_sample_settings(tiny_model, tmp_path, capsys, flags, named):
+    err = None
+    try:
+        line = one_line_error(capsys, "sample", "--model", str(tiny_model), "--prompt", "Incise.",
+                              "--out", str(tmp_path / "out"), *flags)
+    except SystemExit as exc:  # argparse refuses a malformed number itself: its usage line, exit 2
+        assert exc.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and named in err
+        return
+    assert named in line and err is None
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_of_something_that_is_not_a_checkpoint(tiny_model, tmp_path, capsys):
+    line = one_line_error(capsys, "export", str(tiny_model), str(tmp_path / "out"))
+    assert "is not a checkpoint of an ophora run" in line and str(tiny_model) in line
