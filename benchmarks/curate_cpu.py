@@ -6,8 +6,10 @@ then, in one run: decodes every frame of every file with the same number of work
 folder with the `rules` refiner (`curate_s`) and decodes again; `decode_s` is the mean of both decodes.
 Target: ratio = curate_s / decode_s <= 2.
 
-    python benchmarks/curate_cpu.py [--minutes 5] [--videos 4] [--workers N] [--data DIR] [--clip-mode reencode] [--tiny]
-    # writes benchmarks/results/curate_cpu.json (or --json PATH)
+    python benchmarks/curate_cpu.py [--minutes 5] [--videos 4] [--workers N] [--data DIR] [--tiny]
+        [--options smart,copy,reencode:veryfast,reencode:ultrafast,reencode:ultrafast:720]
+    # writes benchmarks/results/curate_cpu.json (or --json PATH): the first option (the default, smart) at the
+    # top level, every option's time, ratio and clip bytes under "options"
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=29.97)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--data", default=None, help="keep the generated videos here (reused when present)")
-    parser.add_argument("--clip-mode", choices=["copy", "reencode"], default="copy")
+    parser.add_argument("--options", default="smart,copy,reencode:ultrafast:720,reencode:veryfast",
+                        help="clip modes to time, MODE[:PRESET[:MAX_HEIGHT]] each, comma-separated")
     parser.add_argument("--tiny", action="store_true", help="20 s of 854x480 for a quick check")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "curate_cpu.json"))
     args = parser.parse_args()
@@ -103,24 +106,37 @@ def main() -> None:
     load_before = os.getloadavg()
     first_s, frames = plain_decode(paths, args.workers)
     out = data.parent / f"{data.name}-out"
-    shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    summary = curate(CurateConfig(input=data, out=out, workers=args.workers, clip_mode=args.clip_mode))
-    curate_s = time.perf_counter() - start
+    options = []
+    for spec in args.options.split(","):
+        mode, preset, max_h = (spec.split(":") + ["veryfast", "0"])[:3] if ":" in spec else (spec, "veryfast", "0")
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        summary = curate(CurateConfig(input=data, out=out, workers=args.workers, clip_mode=mode, preset=preset,
+                                      max_height=int(max_h)))
+        seconds = time.perf_counter() - start
+        clip_bytes = sum(p.stat().st_size for p in (out / "clips").glob("*.mp4"))
+        options.append({"clip_mode": mode, "preset": preset, "max_height": int(max_h), "curate_s": round(seconds, 2),
+                        "clip_bytes": clip_bytes, "kept": summary["clips"]["kept"],
+                        "kept_seconds": summary["clips"]["kept_seconds"], "summary": summary})
     second_s, _ = plain_decode(paths, args.workers)
     decode_s = (first_s + second_s) / 2
+    for option in options:
+        option["ratio"] = round(option["curate_s"] / decode_s, 3)
+        option["mbit_per_s"] = round(option["clip_bytes"] * 8 / 1e6 / max(option["kept_seconds"], 1e-9), 2)
+    summary, curate_s = options[0]["summary"], options[0]["curate_s"]
 
     result = {
         "decode_s": round(decode_s, 2), "curate_s": round(curate_s, 2), "ratio": round(curate_s / decode_s, 3),
         "target_ratio": 2.0, "decode_runs_s": [round(first_s, 2), round(second_s, 2)],
         "load_avg_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)], "videos": args.videos, "video_seconds": round(minutes * 60, 1), "frames": frames,
         "size": f"{width}x{height}", "fps": args.fps, "workers": args.workers, "cpu_cores": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(), "refiner": "rules", "clip_mode": args.clip_mode,
+        "cpu": platform.processor() or platform.machine(), "refiner": "rules", "clip_mode": options[0]["clip_mode"],
         "clips": summary["clips"], "stage_timings": summary["timings"], "versions": summary["versions"],
+        "options": [{k: v for k, v in o.items() if k != "summary"} for o in options],
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("decode_s", "curate_s", "ratio", "frames", "size")}))
+    print(json.dumps({k: result[k] for k in ("decode_s", "curate_s", "ratio", "frames", "size", "options")}))
     if not args.data:
         shutil.rmtree(data, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)

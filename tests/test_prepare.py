@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from ophora.cli import main
 from ophora.core.latent_cache import read_clip_header
-from ophora.prepare.frames import FrameSettings, choose_bucket, frame_indices
+from ophora.prepare.frames import FrameSettings, choose_bucket, effective_fps, frame_indices
 from ophora.prepare.run import PrepareConfig, prepare
 from ophora.core.errors import InputError, MediaError, ModelError
 from ophora.core.media import read_video, write_video
@@ -97,9 +97,24 @@ def test_short_clip_spread_across_its_length_with_the_largest_bucket_that_fits()
     assert len(idx) == 17 and idx[0] == 0 and idx[-1] == 29 and len(set(idx)) == 17
 
 
-def test_clip_shorter_than_every_bucket_is_refused():
-    with pytest.raises(MediaError, match="fewer than the smallest frame bucket 49"):
-        frame_indices(30, 30.0, FrameSettings())
+def test_clip_shorter_than_every_bucket_gets_the_smallest_bucket_spread_across_it():
+    idx = frame_indices(30, 30.0, FrameSettings())  # 1 s at 30 fps: 49 frames, some repeated
+    assert len(idx) == 49 and idx[0] == 0 and idx[-1] == 29 and sorted(idx) == idx and len(set(idx)) == 30
+    assert effective_fps(idx, 30.0) == pytest.approx(48 / (29 / 30))
+    with pytest.raises(MediaError, match="no frames"):
+        frame_indices(0, 30.0, FrameSettings())
+
+
+def test_default_curate_clips_flow_into_default_prepare(real_data):
+    """A real 6-fps Cataract-1K clip of 27 frames (4.5 s, shorter than 49 frames at 8 fps) gives a 49-frame sample."""
+    from ophora.prepare.frames import decode_frames
+
+    clip = real_data / "cataract1k_clips" / "cataract1k_iol_frames11355-11485_step5_512x384_6fps.mp4"
+    source, fps = read_video(clip)
+    frames, info = decode_frames(clip, FrameSettings())
+    assert frames.shape == (49, 720, 960, 3) and info["source_frames"] == len(source) == 27
+    assert info["frame_indices"][0] == 0 and info["frame_indices"][-1] == len(source) - 1
+    assert info["effective_fps"] == pytest.approx(48 / (26 / fps))
 
 
 def test_resolution_buckets_follow_the_aspect_ratio():

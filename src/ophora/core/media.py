@@ -6,11 +6,17 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import logging
+
 import av
+from av.video.frame import PictureType
 import numpy as np
 
 from ophora.core.errors import MediaError
 from ophora.core.files import atomic_path
+from ophora.core.smart_cut import SmartCutUnavailable, smart_cut, smart_cut_config
+
+log = logging.getLogger(__name__)
 
 
 class NoVideoStreamError(MediaError):
@@ -81,11 +87,23 @@ def _open(path: Path):
     return container
 
 
+def video_stream(container):
+    """The stream a video is: the largest picture that is not a cover image, then the most frames.
+
+    A file may hold a small preview or a thumbnail track beside the real video, in any order.
+    """
+    def rank(stream):
+        attached = bool(stream.disposition & av.stream.Disposition.attached_pic)
+        return (not attached, (stream.width or 0) * (stream.height or 0), stream.frames or 0, -stream.index)
+
+    return max(container.streams.video, key=rank)
+
+
 def probe_video(path: str | Path) -> VideoInfo:
-    """Size, frame rate, frame count and duration of the first video stream."""
+    """Size, frame rate, frame count and duration of the video stream (`video_stream`)."""
     path = Path(path)
     with _open(path) as container:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         fps = stream_fps(stream)
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
@@ -101,7 +119,7 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     """Decode every frame to uint8 RGB (F, H, W, 3); returns the frames and the stream's fps."""
     path = Path(path)
     with _open(path) as container:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         fps = stream_fps(stream)
         try:
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
@@ -123,7 +141,8 @@ class VideoWriter:
         self._atomic = atomic_path(self.path)
         self._tmp = self._atomic.__enter__()
         self._container = av.open(str(self._tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
-        self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        self._rate = Fraction(fps).limit_denominator(1001)
+        self._stream = self._container.add_stream("libx264", rate=self._rate)
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
         options = {"crf": str(crf), "preset": preset, "threads": "1"}
         if keyint:
@@ -133,8 +152,13 @@ class VideoWriter:
 
     def write(self, frame: np.ndarray) -> None:
         """Append one uint8 RGB frame (H, W, 3)."""
-        yuv = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(format="yuv420p")
-        yuv.pts = self._count
+        self.write_frame(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"))
+
+    def write_frame(self, frame: av.VideoFrame) -> None:
+        """Append one decoded frame of any pixel format, scaled to the writer's size (area averaging)."""
+        yuv = frame.reformat(width=self._stream.width, height=self._stream.height, format="yuv420p",
+                             interpolation="AREA", dst_color_range="MPEG")  # limited range, as the stream says
+        yuv.pts, yuv.time_base, yuv.pict_type = self._count, 1 / self._rate, PictureType.NONE
         self._container.mux(self._stream.encode(yuv))
         self._count += 1
 
@@ -160,38 +184,48 @@ class VideoWriter:
 
 
 def video_rotation(path: str | Path) -> int:
-    """Display rotation of the first video stream in degrees (0, 90, 180, 270), from its first frame."""
+    """Display rotation of the video stream in degrees (0, 90, 180, 270), from its first frame."""
     path = Path(path)
     with _open(path) as container:
         try:
-            frame = next(container.decode(container.streams.video[0]))
+            frame = next(container.decode(video_stream(container)))
         except (StopIteration, av.error.FFmpegError):
             return 0
         return int(round(getattr(frame, "rotation", 0) or 0)) % 360
 
 
 def iter_frames(path: str | Path, threads: int = 0, reference_only: bool = False):
-    """Decode the first video stream, yielding `(seconds, av.VideoFrame)` in display order.
+    """Decode the video stream, yielding `(seconds, av.VideoFrame)` in display order.
 
     Timestamps come from each frame (variable frame rate is fine); `threads=0` lets FFmpeg choose.
     `reference_only` skips frames no other frame refers to (typically B-frames): about half the frames
-    of common H.264, at a fraction of the decoding cost.
+    of common H.264, at a fraction of the decoding cost. A file that stops decoding part-way (truncated,
+    damaged) yields the frames before the damage; one that yields none raises MediaError.
     """
     path = Path(path)
     with _open(path) as container:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
         if reference_only:
             stream.codec_context.skip_frame = "NONREF"
         base = stream.start_time if stream.start_time is not None else 0
+        decoded = 0
         try:
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue
+                decoded += 1
                 yield float((frame.pts - base) * stream.time_base), frame
         except av.error.FFmpegError as exc:
-            raise MediaError(f"cannot decode {path}: {exc}") from None
+            if not decoded:
+                raise MediaError(f"cannot decode {path}: {exc}") from None
+            log.warning("%s: decoding stopped after %d frames (%s); using the part before", path, decoded, exc)
+
+
+def is_browser_h264(stream) -> bool:
+    """Whether packets of `stream` can go into an .mp4 unchanged: H.264, yuv420p 8-bit, avcC parameter sets."""
+    return smart_cut_config(stream) is not None
 
 
 def copy_segment(src: str | Path, dst: str | Path, start: float, end: float) -> tuple[float, float]:
@@ -199,64 +233,142 @@ def copy_segment(src: str | Path, dst: str | Path, start: float, end: float) -> 
 
     The copy begins at the first keyframe at or after `start` and stops at the first packet (decode
     order) shown at or after `end`, so every copied frame decodes. Returns the span actually copied.
+    Raises SmartCutUnavailable for a source whose packets would not play in an .mp4 (re-encode it).
     """
     src, dst = Path(src), Path(dst)
     first = last = None
-    with atomic_path(dst) as tmp:
-        with _open(src) as container, av.open(str(tmp), mode="w", format="mp4",
-                                              options={"movflags": "+faststart"}) as out:
-            stream = container.streams.video[0]
-            out_stream = out.add_stream_from_template(stream)
-            tb = stream.time_base
-            base = stream.start_time if stream.start_time is not None else 0
-            container.seek(max(int((start - 1.0) / tb) + base, base), stream=stream, backward=True)
-            offset = None
-            for packet in container.demux(stream):
-                if packet.pts is None or packet.size == 0:
-                    continue
-                t = float((packet.pts - base) * tb)
-                if offset is None:
-                    if not packet.is_keyframe or t < start - 1e-3:
-                        continue
-                    offset, first = packet.pts, t
-                if t >= end - 1e-3:
-                    break
-                last = t if last is None else max(last, t)
-                packet.pts -= offset
-                packet.dts = packet.dts - offset if packet.dts is not None else None
-                packet.stream = out_stream
-                out.mux(packet)
-        if first is None or last is None:
-            raise MediaError(f"no keyframe in [{start:.2f}, {end:.2f}) s of {src}")
+    with _open(src) as container:
+        stream = video_stream(container)
+        if not is_browser_h264(stream):
+            raise SmartCutUnavailable(f"{src} is not H.264 yuv420p 8-bit")
+        with atomic_path(dst) as tmp:
+            with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
+                out_stream = out.add_stream_from_template(stream)
+                tb = stream.time_base
+                base = stream.start_time if stream.start_time is not None else 0
+                container.seek(max(int((start - 1.0) / tb) + base, base), stream=stream, backward=True)
+                offset = None
+                for packet in _demux(container, stream):
+                    if packet is None:
+                        break
+                    t = float((packet.pts - base) * tb)
+                    if offset is None:
+                        if not packet.is_keyframe or t < start - 1e-3:
+                            continue
+                        offset, first = packet.pts, t
+                    if t >= end - 1e-3:
+                        break
+                    last = t if last is None else max(last, t)
+                    packet.pts -= offset
+                    packet.dts = packet.dts - offset if packet.dts is not None else None
+                    packet.stream = out_stream
+                    out.mux(packet)
+            if first is None or last is None:
+                raise MediaError(f"no keyframe in [{start:.2f}, {end:.2f}) s of {src}")
     fps = probe_video(dst).fps or 30.0
     return first, last + 1.0 / fps
 
 
+def _demux(container, stream):
+    """The stream's packets with timestamps, in decode order, up to the first damaged one (a truncated file),
+    after which None is yielded."""
+    try:
+        for packet in container.demux(stream):
+            if packet.is_corrupt:
+                log.warning("%s: damaged packet at %s; using the part before", container.name, packet.pts)
+                yield None
+                return
+            if packet.pts is not None and packet.size:
+                yield packet
+    except av.error.FFmpegError as exc:
+        log.warning("%s: reading stopped (%s); using the part before", container.name, exc)
+        yield None
+
+
+def _packets_until(container, stream, end_pts: int, end: float) -> tuple[list, float]:
+    """Packets in decode order from the current position until every frame shown before `end_pts` is read.
+
+    A file that ends early (truncated) gives the packets it has, and an `end` lowered to the first frame
+    time that may be missing (frames shown before the first missing packet's decode time are all present).
+    """
+    packets, beyond, damaged = [], 0, False
+    for packet in _demux(container, stream):
+        if packet is None:
+            damaged = True
+            break
+        packets.append(packet)
+        beyond += (packet.dts if packet.dts is not None else packet.pts) >= end_pts
+        if beyond > 16:  # past `end` in decode order by more than any reordering delay
+            break
+    if damaged and packets:
+        base = stream.start_time if stream.start_time is not None else 0
+        last = packets[-1].dts if packets[-1].dts is not None else packets[-1].pts
+        end = min(end, float((last + 1 - base) * stream.time_base))
+    return packets, end
+
+
+def cut_segment(src: str | Path, dst: str | Path, start: float, end: float, crf: int = 18,
+                preset: str = "veryfast") -> tuple[float, float]:
+    """The frames shown in [start, end) as an H.264 yuv420p MP4, written atomically; returns their span.
+
+    A smart cut (core/smart_cut.py: the frames before the first keyframe and after the last whole group of
+    pictures are re-encoded, the rest copied) where the source allows it, else a re-encode of every frame.
+    """
+    src = Path(src)
+    try:
+        with _open(src) as container:
+            stream = video_stream(container)
+            stream.thread_type = "AUTO"
+            tb = stream.time_base
+            base = stream.start_time if stream.start_time is not None else 0
+            container.seek(max(int(start / tb) + base, base), stream=stream, backward=True)
+            packets, end = _packets_until(container, stream, base + int(round(end / tb)), end)
+            if not packets or packets[0].pts > base + int(round((start + 1e-3) / tb)):
+                raise SmartCutUnavailable("the seek landed after the clip start")
+            with atomic_path(dst) as tmp, av.open(str(tmp), mode="w", format="mp4",
+                                                  options={"movflags": "+faststart"}) as out:
+                first, after = smart_cut(src, out, stream, packets, start, end, crf, preset)
+            return float(first * tb), float(after * tb)
+    except SmartCutUnavailable as exc:
+        log.debug("%s: re-encoding [%.2f, %.2f) (%s)", src, start, end, exc)
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"cannot cut {src}: {exc}") from None
+    return encode_segment(src, dst, start, end, crf=crf, preset=preset)
+
+
 def encode_segment(src: str | Path, dst: str | Path, start: float, end: float, crf: int = 18,
-                   rotation: int = 0, preset: str = "veryfast") -> tuple[float, float]:
-    """Re-encode the frames shown in [start, end) to H.264 (exact boundaries, display rotation applied)."""
+                   rotation: int = 0, preset: str = "veryfast", max_height: int = 0) -> tuple[float, float]:
+    """Re-encode the frames shown in [start, end) to H.264 yuv420p (exact boundaries, display rotation applied).
+
+    `max_height` > 0 scales larger frames down to that height (after rotation), keeping the aspect ratio.
+    """
     src = Path(src)
     first = last = None
     writer = None
     try:
         with _open(src) as container:
-            stream = container.streams.video[0]
+            stream = video_stream(container)
             stream.thread_type = "AUTO"
             fps = stream_fps(stream, 30.0)
             base = stream.start_time if stream.start_time is not None else 0
             container.seek(max(int(start / stream.time_base) + base, base), stream=stream, backward=True)
-            for frame in container.decode(stream):
+            for frame in _decode(container, stream):
                 t = float((frame.pts - base) * stream.time_base)
                 if t < start - 1e-3:
                     continue
                 if t >= end - 1e-3:
                     break
-                image = frame.to_ndarray(format="rgb24")
-                image = np.rot90(image, k=rotation // 90) if rotation else image
-                image = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]
                 if writer is None:
-                    writer = VideoWriter(dst, fps, image.shape[1], image.shape[0], crf=crf, preset=preset)
-                writer.write(image)
+                    w, h = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
+                    scale = min(1.0, max_height / h) if max_height else 1.0
+                    size = (max(2, int(w * scale) // 2 * 2), max(2, int(h * scale) // 2 * 2))
+                    writer = VideoWriter(dst, fps, *size, crf=crf, preset=preset)
+                if rotation:
+                    image = np.rot90(frame.to_ndarray(format="rgb24"), k=rotation // 90)
+                    writer.write(np.ascontiguousarray(image[: size[1], : size[0]]) if scale == 1.0 else
+                                 _resize(image, size))
+                else:
+                    writer.write_frame(frame)
                 first = t if first is None else first
                 last = t
     except BaseException as exc:
@@ -269,3 +381,19 @@ def encode_segment(src: str | Path, dst: str | Path, start: float, end: float, c
         raise MediaError(f"no frames in [{start:.2f}, {end:.2f}) s of {src}")
     writer.close()
     return first, last + 1.0 / fps
+
+
+def _decode(container, stream):
+    """Decoded frames with timestamps in display order, up to the first damaged packet."""
+    try:
+        for frame in container.decode(stream):
+            if frame.pts is not None:
+                yield frame
+    except av.error.FFmpegError as exc:
+        log.warning("%s: decoding stopped (%s); using the part before", container.name, exc)
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)

@@ -237,7 +237,10 @@ _SUBJECT_DETERMINERS = {"the", "a", "an", "both", "two", "my", "our", "his", "he
 # Words that start an object: after an unknown verb they confirm it ("we bisect the nucleus").
 _OBJECT_STARTS = {"the", "a", "an", "it", "them", "this", "that", "these", "those", "its", "their", "some", "any",
                   "both", "each", "all", "another", "more", "two", "three", "four"}
-_TRAILING = re.compile(r"(?:[\s,;:\"'-]|\b(?:and|or|then|with|to|the|a|an|of|so|but|while|as|is|are|we|i|you)\b)+$",
+# A clause fragment cut mid-phrase ("... with the keratome at") loses its dangling words.
+_TRAILING = re.compile(r"(?:[\s,;:\"'-]|\b(?:and|or|then|with|to|the|a|an|of|so|but|while|as|is|are|we|i|you|at|in|on|"
+                       r"into|onto|from|by|for|under|over|through|toward|towards|near|around|this|that|these|those|"
+                       r"its|their|our|my|your|his|her|some|any|very|more|until|before|after|which|when|where)\b)+$",
                        re.IGNORECASE)
 
 
@@ -682,14 +685,52 @@ def refine_clauses(sentence: str) -> list[tuple[str, bool]]:
     return [(text, is_action) for text, is_action, state in clauses if is_action or not (has_action and state)]
 
 
+# Unpunctuated text (auto-captions) is split into clauses before these words: a discourse marker, or a subject
+# that starts a new clause, unless the word before binds it ("what we", "thank you", "as i").
+_CLAUSE_STARTS = {"now", "so", "okay", "ok", "alright", "next", "we", "i", "let's", "we're", "i'm", "we'll",
+                  "i'll", "we've", "i've", "here", "welcome", "dont", "don't", "hello", "hi", "hey", "thanks", "thank", "remember",
+                  "don't", "please", "today", "this", "that's", "it's", "there's", "subscribe", "see"}
+_BINDS_NEXT = {"what", "as", "that", "if", "when", "where", "how", "once", "which", "who", "so", "and", "but", "because",
+               "while", "before", "after", "until", "thank", "show", "tell", "let", "help", "to", "with", "for", "do",
+               "and", "right", "just", "until", "than", "is", "are", "was", "were", "of", "in", "on", "at", "by",
+               "into", "from", "see", "like", "okay", "ok", "alright", "now", "here", "all", "like", "well", "then"}
+
+
+def segment_unpunctuated(text: str) -> str:
+    """Text without punctuation (auto-captions, some ASR) -> one sentence of comma-separated clauses.
+
+    Punctuated text is returned unchanged: its own punctuation says where clauses end.
+    """
+    if re.search(r"[.!?;,]", text):
+        return text
+    words = text.split()
+    out: list[str] = []
+    for i, word in enumerate(words):
+        lower = word.lower()
+        if (i and lower in _CLAUSE_STARTS and words[i - 1].lower() not in _BINDS_NEXT
+                and len(out) - _last_break(out) >= 2):
+            out[-1] += ","
+        out.append(word)
+    return " ".join(out)
+
+
+def _last_break(words: list[str]) -> int:
+    """How many words precede the current clause in `words`."""
+    return max((i + 1 for i, w in enumerate(words) if w.endswith(",")), default=0)
+
+
 def refine_narration(narration: str, max_words: int = 60) -> str:
     """A narration -> one concise instruction ending in a period, at most `max_words` words; "" if nothing visible."""
     kept: list[tuple[str, bool]] = []
     n_words = 0
-    sentences = (strip_heading(s) for s in split_sentences(clean_text(narration)))
+    sentences = (strip_heading(s) for s in split_sentences(segment_unpunctuated(clean_text(narration))))
     for text, is_action in (c for s in sentences for c in refine_clauses(s)):
-        if any(text == seen for seen, _ in kept):
+        if any(text == seen or seen.startswith(text + " ") for seen, _ in kept):
             continue  # auto-captions repeat rolling lines
+        if repeated := [i for i, (seen, _) in enumerate(kept) if text.startswith(seen + " ")]:
+            n_words += len(text.split()) - len(kept[repeated[0]][0].split())
+            kept[repeated[0]] = (text, is_action)  # a repeated line that goes on: the longer one, in its place
+            continue
         if kept and n_words + len(text.split()) > max_words:
             break
         kept.append((text, is_action))

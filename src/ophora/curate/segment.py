@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -25,13 +26,34 @@ class Span:
         return self.end - self.start
 
 
+def join_rolling(text: str, new: str) -> str:
+    """`text` followed by `new` without the words `new` repeats from the end of `text` (rolling captions
+    show each line twice: "center the lens now" + "center the lens now the lens is centered" -> one copy)."""
+    old, words = text.split(), new.split()
+    lower_old, lower_new = [w.lower() for w in old], [w.lower() for w in words]
+    for n in range(min(len(old), len(words)), 0, -1):
+        if lower_old[-n:] == lower_new[:n] and (n >= 3 or n == len(words)):
+            return " ".join(old + words[n:])
+    return f"{text} {new}"
+
+
+def _joined(cues: list[Cue]) -> str:
+    return functools.reduce(join_rolling, (c.text for c in cues[1:]), cues[0].text)
+
+
 def sentence_spans(cues: list[Cue], max_gap: float = 1.5) -> list[Span]:
-    """Join cues until a sentence ends (., !, ?) or the speaker pauses longer than `max_gap` seconds."""
+    """Join cues until a sentence ends (., !, ?) or the speaker pauses longer than `max_gap` seconds.
+
+    A cue that only repeats what the span already says (a duplicated or rolling caption) extends it in time
+    and adds only its new words; it never starts a span of its own.
+    """
     spans: list[Span] = []
     current: Span | None = None
     for cue in cues:
-        if current is not None and cue.start - current.end <= max_gap and not _SENTENCE_END.search(current.text):
-            current = Span(current.start, max(current.end, cue.end), f"{current.text} {cue.text}",
+        repeated = current is not None and join_rolling(current.text, cue.text) == current.text
+        if current is not None and cue.start - current.end <= max_gap and (
+                repeated or not _SENTENCE_END.search(current.text)):
+            current = Span(current.start, max(current.end, cue.end), join_rolling(current.text, cue.text),
                            current.cues + (cue,))
         else:
             if current is not None:
@@ -61,11 +83,11 @@ def _split(span: Span, max_s: float, target_s: float) -> list[Span]:
     for cue in span.cues:
         if group and (abs(cue.end - group[0].start - target_s) > abs(group[-1].end - group[0].start - target_s)
                       or cue.end - group[0].start > max_s):
-            out.append(Span(group[0].start, group[-1].end, " ".join(c.text for c in group), tuple(group)))
+            out.append(Span(group[0].start, group[-1].end, _joined(group), tuple(group)))
             group = []
         group.append(cue)
     if group:
-        out.append(Span(group[0].start, group[-1].end, " ".join(c.text for c in group), tuple(group)))
+        out.append(Span(group[0].start, group[-1].end, _joined(group), tuple(group)))
     if not span.cues:
         out = [span]
     return [piece for part in out
@@ -90,4 +112,9 @@ def clip_spans(spans: list[Span], duration: float, min_s: float = 2.0, max_s: fl
             merged.append(span)
     out = [piece for span in merged for piece in (_split(span, max_s, target_s) if span.duration > max_s else [span])]
     out = [Span(max(s.start, 0.0), min(s.end, duration), s.text, s.cues) for s in out]
-    return [s for s in out if s.end > s.start]
+    kept: list[Span] = []
+    for span in out:  # clips never overlap: a span starts where the one before it ends
+        start = max(span.start, kept[-1].end) if kept else span.start
+        if span.end > start:
+            kept.append(Span(start, span.end, span.text, span.cues))
+    return kept

@@ -1,9 +1,12 @@
 """Turn a clip into a training sample: pick the frames, choose a resolution bucket, resize and crop.
 
 Frames are taken at the target frame rate (8 fps, CogVideoX's) around the clip's middle when the clip
-is long enough; a shorter clip has its frames spread evenly across its whole length. The frame count is
-the largest frame bucket the clip has source frames for; the resolution is the bucket whose aspect ratio
-is nearest the clip's (ties: the larger one), reached by resizing to cover it and cropping the centre.
+is long enough; a shorter clip has its frames spread evenly across its whole length (the paper's "49
+frames sampled across the clip"), so every clip curate keeps (from 2 s) is usable with the defaults. The
+frame count is the largest frame bucket the clip has source frames for, else the smallest bucket, whose
+frames then repeat some source frames; each sample records the frame rate its frames stand for
+(`effective_fps`). The resolution is the bucket whose aspect ratio is nearest the clip's (ties: the
+larger one), reached by resizing to cover it and cropping the centre.
 """
 
 from __future__ import annotations
@@ -47,11 +50,10 @@ def choose_bucket(height: int, width: int, heights: tuple[int, ...], widths: tup
 
 
 def frame_indices(n_src: int, fps: float, settings: FrameSettings) -> list[int]:
-    """Source frame indices for one sample; raises MediaError if the clip is shorter than every bucket."""
-    usable = [n for n in settings.frame_buckets if n <= n_src]
-    if not usable:
-        raise MediaError(f"clip has {n_src} frames, fewer than the smallest frame bucket {min(settings.frame_buckets)}")
-    n = max(usable)
+    """Source frame indices for one sample (the module docstring says which); raises MediaError for no frames."""
+    if n_src < 1:
+        raise MediaError("clip has no frames")
+    n = max([n for n in settings.frame_buckets if n <= n_src] or [min(settings.frame_buckets)])
     step = fps / settings.target_fps if fps > 0 else 1.0
     if step * (n - 1) + 1 <= n_src:
         start = (n_src - 1 - step * (n - 1)) / 2
@@ -59,6 +61,12 @@ def frame_indices(n_src: int, fps: float, settings: FrameSettings) -> list[int]:
     else:
         positions = np.linspace(0, n_src - 1, n)
     return [int(i) for i in np.floor(positions + 0.5)]  # round half up: Python's round-half-even would repeat frames
+
+
+def effective_fps(indices: list[int], fps: float) -> float:
+    """The frame rate at which the sampled frames play the clip in real time (0 when unknown)."""
+    span = (indices[-1] - indices[0]) / fps if fps > 0 and len(indices) > 1 else 0.0
+    return (len(indices) - 1) / span if span > 0 else 0.0
 
 
 def resize_and_crop(frame: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -90,7 +98,8 @@ def decode_frames(path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
     if not frames:
         raise MediaError(f"{path} holds no decodable frames")
     indices = frame_indices(len(frames), fps, settings)
-    info = {"source_frames": len(frames), "source_fps": fps, "source_size": [src_h, src_w], "frame_indices": indices}
+    info = {"source_frames": len(frames), "source_fps": fps, "source_size": [src_h, src_w], "frame_indices": indices,
+            "effective_fps": effective_fps(indices, fps)}
     return np.stack([frames[i] for i in indices]), info
 
 
