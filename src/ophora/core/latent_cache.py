@@ -133,7 +133,11 @@ def read_index(cache: Path, subset: set[str] | None = None) -> list[CacheEntry]:
     path = cache / "index.csv"
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            entries = [_entry(row) for row in csv.DictReader(f)]
+            reader = csv.DictReader(f)
+            missing = [c for c in ("clip id", "file", "latent shape") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)} column")
+            entries = [_entry(row) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error, ValueError, KeyError, TypeError, RecursionError) as exc:
         what = f"no column {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split()) or type(exc).__name__
         raise InputError(f"{path} is damaged ({what}); {REBUILD}") from None
