@@ -160,6 +160,14 @@ def _evaluate(config) -> int:
     return EXIT_OK
 
 
+def _downstream(config) -> int:
+    result = _load("ophora.downstream.run:downstream")(config)
+    shown = ", ".join(f"{name} {100 * run['test']['segment']['top1']:.2f}%" for name, run in result["runs"].items())
+    print(f"phase top-1 on {result['splits']['test']['videos']} test videos: {shown}; {result['refused']} rows refused "
+          f"-> {config.out / 'report.html'}")
+    return EXIT_PARTIAL if result["failed"] else EXIT_OK
+
+
 COMMANDS: dict[str, Command] = {
     "demo": Command("run the pipeline end to end on a tiny untrained model and write a gallery",
                     "ophora.cli:DemoConfig", _demo, outputs=("out",)),
@@ -178,6 +186,9 @@ COMMANDS: dict[str, Command] = {
                       "step-N), to sample or evaluate it", "ophora.train.export:ExportConfig", _export, outputs=("out",)),
     "evaluate": Command("FID, FVD, CLIPScore, privacy leakage, memorisation and temporal consistency of generated "
                         "videos against real ones", "ophora.evaluate.run:EvaluateConfig", _evaluate, outputs=("out",)),
+    "downstream": Command("phase recognition (MViTv2, R(2+1)D) trained on real videos with and without generated "
+                          "ones, tested on the same held-out real videos", "ophora.downstream.config:DownstreamConfig",
+                          _downstream, outputs=("out",)),
     "make-random-model": Command("write a randomly initialised CogVideoX pipeline (diffusers layout) for tests, the "
                                  "demo and benchmarks", "ophora.cli:RandomModelConfig", _random_model,
                                  aliases=("make-tiny-model",), outputs=("dir",)),
