@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from ophora.core.errors import InputError, OphoraError, failure_record
+from ophora.core.errors import InputError, failure_record
 from ophora.core.files import claim_folder, remove_partials, write_csv, write_json
 from ophora.core.manifests import MANIFEST, VIDEO_EXTENSIONS, Video, is_manifest, read_manifest
 from ophora.core.media import probe_video
