@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from ophora.cli import main
 from ophora.core.errors import ConfigError
+from ophora.core.latent_cache import intact_entries, read_index
 from ophora.prepare.run import PrepareConfig, prepare
 from ophora.train.trainer import train
 from test_prepare import SMALL, write_synthetic_dataset
@@ -66,8 +67,9 @@ def test_a_corrupt_run_record_is_named(finished_run, tiny_model, cache, tmp_path
     assert code == 2 and str(run / "run.json") in line and "damaged" in line
 
 
-@pytest.mark.parametrize("damage", ["truncated weights", "garbage weights", "corrupt state", "state of another step",
-                                    "missing optimizer"])
+@pytest.mark.parametrize("damage", ["truncated weights", "corrupt state",
+                                    *(pytest.param(d, marks=pytest.mark.slow)
+                                      for d in ("garbage weights", "state of another step", "missing optimizer"))])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(damage, finished_run, tiny_model, cache, tmp_path,
                                                                 caplog):
     run = copy_of(finished_run, tmp_path)
@@ -150,10 +152,18 @@ DAMAGES = {
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
-def test_a_damaged_cache_clip_is_left_out_named_and_counted(damage, cache, tiny_model, tmp_path, caplog):
+def test_every_kind_of_damaged_cache_clip_is_found_from_its_header(damage, cache, tmp_path):
     damaged = copy_of(cache, tmp_path)
     clip = damaged / "clips" / "case1_1.safetensors"
     DAMAGES[damage](clip)
+    entries, bad = intact_entries(damaged, read_index(damaged))
+    assert [e.clip_id for e in entries] == ["case1_0", "case2_0"] and [e.clip_id for e, _ in bad] == ["case1_1"]
+
+
+def test_a_damaged_cache_clip_is_left_out_of_training_named_and_counted(cache, tiny_model, tmp_path, caplog):
+    damaged = copy_of(cache, tmp_path)
+    clip = damaged / "clips" / "case1_1.safetensors"
+    DAMAGES["truncated"](clip)
     run = train(tiny_config(tiny_model, damaged, tmp_path / "run", "steps=2", "batch_size=1", "export=false"))
     record = json.loads((run / "run.json").read_text())
     assert record["damaged_clips"] == 1 and record["clips"] == 2

@@ -115,7 +115,7 @@ def train_args(tiny_model, cache, out, *extra) -> list[str]:
             "validation_prompts=[]", *extra]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_train_checkpoints_at_the_step_boundary_and_resumes_exactly(signum, tiny_model, cache, tmp_path):
     run = tmp_path / "run"
     proc, tag = launch(train_args(tiny_model, cache, run, "steps=100000", *CONSTANT_LR))
@@ -168,7 +168,7 @@ def workers_started(tag: str) -> bool:
     return len(tagged(tag)) >= 4  # curate, its resource tracker and two pool workers
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", pytest.param("ctrl-c twice", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("how", ["sigterm", *(pytest.param(h, marks=pytest.mark.slow) for h in ("ctrl-c", "ctrl-c twice"))])
 def test_curate_stops_within_seconds_and_leaves_no_workers(how, narrated, tmp_path):
     out = tmp_path / "out"
     proc, tag = launch(["curate", str(narrated), "--out", str(out), "--workers", "2"])

@@ -19,7 +19,7 @@ from pathlib import Path
 from ophora.core.config import add_options, from_args, option
 from ophora.core.files import check_output_folder
 from ophora.core.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, LOG_FILE, OphoraError
-from ophora.core.signals import Interrupted, exit_on_signals, signals_ignored
+from ophora.core.signals import Interrupted, exit_on_signals, ignore_signals, signals_ignored
 
 log = logging.getLogger("ophora")
 
@@ -259,11 +259,13 @@ def main(argv: list[str] | None = None) -> int:
               "or choose another output folder, then rerun to resume", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt as exc:
+        stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
         with signals_ignored():  # a further Ctrl-C must not turn this line into a traceback
-            stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
             log.debug("stopped: %s", stop.message())
             print(f"ophora {name}: {stop.message()}", file=sys.stderr)
-            return stop.exit_code
+        if argv is None:  # the `ophora` process itself, which exits now: a further signal must not kill it on the way
+            ignore_signals()
+        return stop.exit_code
     finally:
         if log_file is not None:
             logging.getLogger().removeHandler(log_file)

@@ -91,6 +91,12 @@ def exit_on_signals() -> Iterator[None]:
         yield
 
 
+def ignore_signals() -> None:
+    """Ignore SIGINT/SIGTERM for the rest of the process (while it exits after an interruption)."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def signals_ignored() -> Iterator[None]:
     """Ignore SIGINT/SIGTERM for the block (while the CLI prints its last line)."""
