@@ -18,8 +18,6 @@ Training can use the same processor: sdpa has a backward, the fa3 package ships 
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 
@@ -31,14 +29,20 @@ EXACT = ("sdpa", "fa3")
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
-@lru_cache(maxsize=None)
+_FA3: dict = {}  # a plain dict, not lru_cache: torch.compile traces through the lookup without a graph break
+
+
 def _fa3_forward():
     """FlashAttention-3's forward op, or the reason it cannot be had (a string)."""
-    try:
-        import fa3_fwd_interface
-    except Exception as exc:  # ImportError, or an OSError/RuntimeError from a .so built for another torch
-        return f"fa3-fwd not importable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-    return fa3_fwd_interface._flash_attn_forward
+    if "op" not in _FA3:
+        try:
+            import fa3_fwd_interface
+
+            _FA3["op"] = fa3_fwd_interface._flash_attn_forward
+        except Exception as exc:  # ImportError, or an OSError/RuntimeError from a .so built for another torch
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            _FA3["op"] = f"fa3-fwd not importable ({type(exc).__name__}: {first})"
+    return _FA3["op"]
 
 
 def fa3_unavailable(device: str | torch.device) -> str | None:
