@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ophora.core.errors import InputError
-from ophora.core.tables import ID_COLUMN, read_text_file
+from ophora.core.tables import ID_COLUMN, csv_text
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
 MANIFEST = "manifest.csv"
@@ -36,7 +36,7 @@ def phase_of(clip_id: str) -> str:
 
 def csv_columns(path: Path) -> list[str]:
     """The header of a CSV file (empty for an empty file)."""
-    return next(csv.reader(read_text_file(path, "CSV").splitlines()), [])
+    return next(csv.reader(csv_text(path, "CSV")), [])
 
 
 def is_manifest(path: Path) -> bool:
@@ -47,7 +47,7 @@ def is_manifest(path: Path) -> bool:
 
 def read_manifest(path: Path) -> list[Video]:
     """The videos of a sample manifest, in its order; a missing column or an empty path is an InputError."""
-    rows = list(csv.DictReader(read_text_file(path, "manifest").splitlines()))
+    rows = list(csv.DictReader(csv_text(path, "manifest")))
     columns = list(rows[0].keys()) if rows else csv_columns(path)
     absent = [c for c in (ID_COLUMN, "prompt", "path") if c not in columns]
     if absent:

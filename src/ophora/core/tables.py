@@ -27,6 +27,11 @@ def read_text_file(path: Path, what: str) -> str:
         raise InputError(f"{what} {path} is not UTF-8 text") from None
 
 
+def csv_text(path: Path, what: str) -> io.StringIO:
+    """The file's text ready for the csv module: quoted fields may span lines (never split the text into lines first)."""
+    return io.StringIO(read_text_file(path, what), newline="")
+
+
 def read_id_text_rows(path: Path, id_column: str, text_column: str, what: str, hint: str = "") -> list[tuple[int, str, str]]:
     """(line, id, text) for every row of a CSV with an id and a text column.
 
@@ -35,7 +40,7 @@ def read_id_text_rows(path: Path, id_column: str, text_column: str, what: str, h
     of whitespace become single spaces. Texts are stripped and may be empty: callers decide. `line` is the
     row's first line in the file.
     """
-    reader = csv.DictReader(io.StringIO(read_text_file(path, what), newline=""))
+    reader = csv.DictReader(csv_text(path, what))
     try:
         columns = reader.fieldnames or []
         absent = [c for c in (id_column, text_column) if c not in columns]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ophora.core.errors import InputError
-from ophora.core.tables import read_text_file
+from ophora.core.tables import csv_text
 
 CATARACT_SUFFIX = "_annotations_phases.csv"
 OPHNET_PREFIX = "OphNet2024_loca_"
@@ -55,7 +55,7 @@ def _number(row: dict, column: str) -> float:
 
 
 def _rows(path: Path) -> tuple[list[str], list[dict]]:
-    reader = csv.DictReader(read_text_file(path, "annotation file").splitlines())
+    reader = csv.DictReader(csv_text(path, "annotation file"))
     rows = list(reader)
     return [c.strip() for c in reader.fieldnames or []], rows
 

@@ -30,7 +30,7 @@ from ophora.core.media import probe_video
 from ophora.core.models import fingerprint
 from ophora.core.ranks import Ranks, pick_device
 from ophora.core.signals import die_with_parent
-from ophora.core.tables import ID_COLUMN, read_text_file
+from ophora.core.tables import ID_COLUMN, csv_text
 from ophora.core.versions import versions
 from ophora.downstream.annotations import Segment, read_annotations, summary
 from ophora.downstream.clips import Clip, ClipSettings, cached_plan, decode_clips, plan_clips, plan_digest, \
@@ -77,7 +77,7 @@ def index_videos(folder: Path) -> tuple[dict[str, Path], set[str]]:
 
 def read_phase_map(path: Path) -> dict[str, str]:
     """clip id -> phase from a CSV with columns `clip id` and `phase`."""
-    reader = csv.DictReader(read_text_file(path, "--phase-map file").splitlines())
+    reader = csv.DictReader(csv_text(path, "--phase-map file"))
     if ID_COLUMN not in (reader.fieldnames or []) or "phase" not in (reader.fieldnames or []):
         raise InputError(f"--phase-map {path} needs columns '{ID_COLUMN}' and 'phase' (its columns are "
                          f"{', '.join(map(repr, reader.fieldnames or [])) or 'none'})")

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from ophora.core.errors import ConfigError, InputError
 from ophora.core.seeds import derived_seed
-from ophora.core.tables import read_text_file
+from ophora.core.tables import csv_text
 from ophora.downstream.annotations import SPLITS, Segment
 
 
 def read_split_file(path: Path) -> dict[str, str]:
     """video -> split from a CSV with columns `video` and `split` (train, val or test)."""
-    reader = csv.DictReader(read_text_file(path, "--splits file").splitlines())
+    reader = csv.DictReader(csv_text(path, "--splits file"))
     columns = reader.fieldnames or []
     if "video" not in columns or "split" not in columns:
         raise InputError(f"--splits {path} needs columns 'video' and 'split' (its columns are "

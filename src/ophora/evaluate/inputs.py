@@ -15,14 +15,14 @@ from ophora.core.dataset import TEXT_COLUMN, read_pairs
 from ophora.core.errors import InputError
 from ophora.core.manifests import VIDEO_EXTENSIONS, Video, is_manifest, phase_of, read_manifest
 from ophora.core.media import probe_video
-from ophora.core.tables import ID_COLUMN, read_id_text_rows, read_text_file
+from ophora.core.tables import ID_COLUMN, csv_text, read_id_text_rows
 
 DATASET_CSVS = ("instructions.csv", "privacy_preserved.csv", "clips.csv")
 
 
 def _phases(path: Path) -> dict[str, str]:
     """clip id -> the `phase` column, where the CSV has one."""
-    rows = csv.DictReader(read_text_file(path, "CSV").splitlines())
+    rows = csv.DictReader(csv_text(path, "CSV"))
     if "phase" not in (rows.fieldnames or []):
         return {}
     return {(r.get(ID_COLUMN) or "").strip(): (r.get("phase") or "").strip() for r in rows}

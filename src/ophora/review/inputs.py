@@ -8,12 +8,12 @@ trailing `_<number>`.
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ophora.core.errors import InputError
-from ophora.core.tables import ID_COLUMN, read_id_text_rows, read_text_file
+from ophora.core.manifests import phase_of
+from ophora.core.tables import ID_COLUMN, csv_text, read_id_text_rows
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
 MANIFEST_COLUMNS = (ID_COLUMN, "n", "prompt", "path")  # the columns of sample's manifest.csv that review reads
@@ -29,15 +29,10 @@ class Source:
     n: int = 0
 
 
-def phase_of(clip_id: str) -> str:
-    """The phase a clip id names: `capsulorhexis_12` -> `capsulorhexis`."""
-    return re.sub(r"_\d+$", "", clip_id)
-
-
 def read_generated(samples: Path) -> list[Source]:
     """Every video listed in `samples/manifest.csv` (written by `ophora sample`)."""
     manifest = samples / "manifest.csv"
-    rows = list(csv.DictReader(read_text_file(manifest, "sample manifest (written by 'ophora sample')").splitlines()))
+    rows = list(csv.DictReader(csv_text(manifest, "sample manifest (written by 'ophora sample')")))
     if not rows:
         raise InputError(f"{manifest} lists no videos")
     absent = [c for c in MANIFEST_COLUMNS if c not in rows[0]]
@@ -70,7 +65,7 @@ def read_real(folder: Path, phases: set[str]) -> list[Source]:
         texts = {key: text for _, key, text in read_id_text_rows(instructions_csv, ID_COLUMN, "instruction",
                                                                     "Ophora-160K instruction list")}
         listed = {r[ID_COLUMN].strip(): (r.get("phase") or "").strip()
-                  for r in csv.DictReader(read_text_file(instructions_csv, "instruction list").splitlines())}
+                  for r in csv.DictReader(csv_text(instructions_csv, "instruction list"))}
         sources = []
         for clip_id, text in texts.items():
             path = next((clips / f"{clip_id}{s}" for s in VIDEO_SUFFIXES if (clips / f"{clip_id}{s}").is_file()), None)

@@ -103,6 +103,8 @@ def random_pipeline(size: str, tokenizer_dir: Path, seed: int = 0, device: str =
         transformer = CogVideoXTransformer3DModel(sample_width=90, sample_height=60, sample_frames=49,
                                                   max_text_seq_length=226, **s["transformer"])
         vae = AutoencoderKLCogVideoX(latent_channels=16, **s["vae"])
+    for module in (text_encoder, transformer, vae):
+        module.eval()  # as from_pretrained gives them: T5's dropout would make equal seeds differ
     return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                              scheduler=CogVideoXDDIMScheduler(**SCHEDULER_CONFIG))
 
