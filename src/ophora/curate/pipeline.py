@@ -8,6 +8,7 @@ keyed by a fingerprint of the source and the settings, so a killed run resumes w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -36,9 +37,12 @@ from ophora.core.config import option
 from ophora.core.errors import ConfigError, InputError, MediaError, OphoraError, failure_record
 from ophora.core.endpoint import public_url
 from ophora.core.files import as_json_value, atomic_path, remove_partials, write_bytes, write_csv, write_json, write_text
+from ophora.core.signals import Interrupted, die_with_parent, signals_ignored, stop_requests
 from ophora.core.tables import ID_COLUMN, csv_row
 from ophora.core.versions import versions
-from ophora.core.media import NoVideoStreamError, copy_segment, encode_segment, probe_video, video_rotation
+from ophora.core.media import (NoVideoStreamError, copy_segment, cut_segment, encode_segment, probe_video,
+                               video_rotation)
+from ophora.core.smart_cut import SmartCutUnavailable
 from ophora.curate.subtitles import Cue, find_sidecar, normalize_cues, read_subtitles
 
 log = logging.getLogger(__name__)
@@ -47,7 +51,8 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 CSV_COLUMNS = [ID_COLUMN, "instruction"]
 ENGINES = ("local", "ray")
 TRANSIENT = ("write_failed",)  # reasons that are no decision about the content: retried on a rerun
-CLIP_MODES = ("copy", "reencode")
+CLIP_MODES = ("smart", "reencode", "copy")
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 SCORE_COLUMNS = ["cuts_inside", "motion", "frozen_fraction", "black_fraction", "blank_fraction",
                  "text_area", "text_boxes", "overlay_area", "vlm_flag"]
 MANIFEST_COLUMNS = ["clip_id", "source", "start", "end", "duration", "width", "height", "fps", "narration",
@@ -65,9 +70,13 @@ class CurateConfig:
     workers: int | None = option(None, "local processes (default: all cores)")
     engine: str = option("local", "where sources are processed; ray needs the extra ophora[ray]", choices=ENGINES)
     ray_address: str | None = option(None, "Ray cluster address (default: start or join a local one)")
-    clip_mode: str = option("copy", "copy: no re-encoding, clips start at a keyframe; reencode: exact frames, H.264",
-                            choices=CLIP_MODES)
-    crf: int = option(18, "H.264 quality (0-51) for --clip-mode reencode")
+    clip_mode: str = option("smart", "smart: exact frames, only those before the first and after the last keyframe "
+                            "group re-encoded; reencode: every frame re-encoded; copy: no re-encoding, clips start at "
+                            "a keyframe (inexact). Clips are always H.264 yuv420p .mp4", choices=CLIP_MODES)
+    crf: int = option(18, "H.264 quality (0-51) of re-encoded frames")
+    preset: str = option("veryfast", "x264 preset of re-encoded frames", flag="--clip-preset", choices=PRESETS)
+    max_height: int = option(0, "--clip-mode reencode: scale clips down to at most this height (0: source size)",
+                             flag="--clip-max-height")
     min_s: float = option(2.0, "shortest clip kept, in seconds", flag="--min-seconds")
     max_s: float = option(10.0, "longest clip, in seconds", flag="--max-seconds")
     target_s: float = option(5.5, "clip length aimed at when narration is split or merged", flag="--target-seconds")
@@ -91,6 +100,10 @@ class CurateConfig:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if not 0 <= self.crf <= 51:
             raise ConfigError(f"--crf must be between 0 and 51, got {self.crf}")
+        if self.max_height < 0 or self.max_height % 2:
+            raise ConfigError(f"--clip-max-height must be 0 or a positive even number, got {self.max_height}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"--clip-preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if not 0 < self.min_s <= self.target_s <= self.max_s:
             raise ConfigError(f"clip lengths need 0 < min ({self.min_s}) <= target ({self.target_s}) <= max ({self.max_s})")
         if self.asr and not self.asr_model:
@@ -105,7 +118,8 @@ class CurateConfig:
     def settings(self) -> dict:
         """The settings a source's clips depend on (its fingerprint includes them)."""
         privacy = {k: v for k, v in asdict(self.privacy).items() if k != "threads"}
-        return {"clip_mode": self.clip_mode, "crf": self.crf, "min_s": self.min_s, "filters": asdict(self.filters),
+        return {"clip_mode": self.clip_mode, "crf": self.crf, "preset": self.preset, "max_height": self.max_height,
+                "min_s": self.min_s, "filters": asdict(self.filters),
                 "privacy": privacy}
 
 
@@ -247,16 +261,25 @@ def judge_clip(job: SourceJob, index: int, scan, rotation: int, config: CurateCo
         return {**row, "reason": "no_instruction"}
     pscores = privacy_scores(scan.ocr_stack(a, b, config.privacy.frames), greys, config.privacy)
     row.update(pscores, privacy_reason=privacy_reason(pscores, config.privacy))
-    target = config.out / "clips" / f"{clip_id}.mp4"
     try:
-        if copy:
-            a, b = copy_segment(job.path, target, a, b)
-        else:
-            a, b = encode_segment(job.path, target, a, b, crf=config.crf, rotation=rotation)
+        a, b = write_clip(job.path, config.out / "clips" / f"{clip_id}.mp4", a, b, rotation, config)
     except (MediaError, av.error.FFmpegError, OSError) as exc:
         log.warning("%s: cannot write the clip (%s)", clip_id, exc)
         return {**row, "reason": "write_failed"}
     return {**row, "start": a, "end": b, "duration": b - a, "decision": "keep"}
+
+
+def write_clip(src: str, target: Path, start: float, end: float, rotation: int, config: CurateConfig) -> tuple[float, float]:
+    """Write the clip file in `config.clip_mode`; returns the span it holds."""
+    encode = dict(crf=config.crf, preset=config.preset)
+    if config.clip_mode == "smart" and not rotation:
+        return cut_segment(src, target, start, end, **encode)
+    if config.clip_mode == "copy" and not rotation:
+        try:
+            return copy_segment(src, target, start, end)
+        except SmartCutUnavailable:
+            pass  # packets an .mp4 player cannot take: re-encoded, exactly
+    return encode_segment(src, target, start, end, rotation=rotation, max_height=config.max_height, **encode)
 
 
 def process_source(job: SourceJob, config: CurateConfig) -> dict:
@@ -306,15 +329,39 @@ def _load_record(job: SourceJob, out: Path) -> dict | None:
 
 
 def run_local(jobs: list[SourceJob], config: CurateConfig, workers: int):
-    """Yield each job's record, computed in `workers` local processes (in this process when 1)."""
+    """Yield each job's record, computed in `workers` local processes (in this process when 1).
+
+    The workers ignore SIGINT/SIGTERM and die with this process however it ends (core/signals.py); when the
+    iteration stops early (an interruption), the sources in hand are abandoned and the workers killed at once.
+    """
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:
             yield process_source(job, config)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with signals_ignored():  # spawned workers and the resource tracker start with SIGINT/SIGTERM ignored
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn"),
+                                   initializer=die_with_parent, initargs=(os.getpid(),))
         futures = [pool.submit(process_source, job, config) for job in jobs]
+    finished = False
+    try:
         for future in as_completed(futures):
             yield future.result()
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown()
+        else:
+            _kill_pool(pool)
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel the sources not started and kill the workers (ProcessPoolExecutor has no public way before 3.14)."""
+    processes = list((pool._processes or {}).values())
+    for process in processes:
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(5)
 
 
 def run_ray(jobs: list[SourceJob], config: CurateConfig):
@@ -323,13 +370,18 @@ def run_ray(jobs: list[SourceJob], config: CurateConfig):
         import ray
     except ImportError:
         raise ConfigError("--engine ray needs Ray: pip install 'ophora[ray]'") from None
-    if not ray.is_initialized():
+    if not ray.is_initialized():  # a local Ray started here shares this process's fate (Ray kills it with us)
         ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=False)
     task = ray.remote(num_cpus=1)(process_source)
     pending = [task.remote(job, config) for job in jobs]
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(done[0])
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=0.5)  # a timeout lets signal handlers run
+            if done:
+                yield ray.get(done[0])
+    finally:
+        for ref in pending:  # an interruption: the tasks not finished are cancelled, their workers killed
+            ray.cancel(ref, force=True)
 
 
 # ------------------------------------------------------------------------------------------- stage 5: outputs
@@ -411,8 +463,13 @@ def curate(config: CurateConfig) -> dict:
             records[job.source] = record
     log.info("%d sources to process, %d already done", len(todo), len(records))
     engine = run_ray(todo, config) if config.engine == "ray" else run_local(todo, config, workers)
-    for record in tqdm(engine, total=len(todo), desc="curate", unit="video"):
-        records[record["source"]] = record
+    with stop_requests("source video", at_once=True), contextlib.closing(engine):  # sources take minutes: abandon
+        try:
+            for record in tqdm(engine, total=len(todo), desc="curate", unit="video"):
+                records[record["source"]] = record
+        except Interrupted as stop:
+            raise stop.with_detail(f"{len(records)} of {len(jobs)} source videos done (their records are kept in "
+                                   f"{config.out / '.work'})") from None
     timings["process_s"] = time.perf_counter() - t2
 
     # 5. gather the records into the dataset files
