@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ophora.core.versions import versions
-from ophora.downstream.clips import ClipDataset, epoch_order, make_loader, normalise, write_clip_file
+from ophora.downstream.clips import ClipDataset, batches_of, epoch_order, make_loader, normalise, write_clip_file
 from ophora.downstream.models import build_model
 
 FRAMES, SIZE, PHASES = 16, 224, 12
@@ -38,7 +38,7 @@ def write_clips(folder: Path, files: int, per_file: int) -> list[tuple[Path, str
         base = rng.integers(0, 256, (FRAMES, SIZE // 8, SIZE // 8, 3), dtype=np.uint8)
         clips = {str(c): np.ascontiguousarray(np.repeat(np.repeat(base + c, 8, 1), 8, 2)) for c in range(per_file)}
         path = folder / f"video_{f}.safetensors"
-        write_clip_file(path, clips, "benchmark")
+        write_clip_file(path, clips, "benchmark", 0.0)
         items += [(path, str(c), (f + c) % PHASES) for c in range(per_file)]
     return items
 
@@ -75,7 +75,8 @@ def main() -> None:
         order = []
         while len(order) < needed * args.batch_size:
             order += epoch_order(len(dataset), len(order))
-        loader = make_loader(dataset, args.batch_size, order[:needed * args.batch_size], args.workers, pin=True)
+        loader = make_loader(dataset, batches_of(order[:needed * args.batch_size], args.batch_size), args.workers,
+                             pin=True)
         waits, steps = [], []
         batches = iter(loader)
         for i in range(needed):

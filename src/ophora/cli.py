@@ -163,8 +163,9 @@ def _evaluate(config) -> int:
 def _downstream(config) -> int:
     result = _load("ophora.downstream.run:downstream")(config)
     shown = ", ".join(f"{name} {100 * run['test']['segment']['top1']:.2f}%" for name, run in result["runs"].items())
-    print(f"phase top-1 on {result['splits']['test']['videos']} test videos: {shown}; {result['refused']} rows refused "
-          f"-> {config.out / 'report.html'}")
+    if _load("ophora.core.ranks:init_ranks")().rank == 0:  # under torchrun, one line for all the processes
+        print(f"phase top-1 on {result['splits']['test']['videos']} test videos: {shown}; {result['refused']} rows "
+              f"refused -> {config.out / 'report.html'}")
     return EXIT_PARTIAL if result["failed"] else EXIT_OK
 
 

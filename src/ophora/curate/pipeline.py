@@ -16,9 +16,8 @@ import logging
 import os
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import av
@@ -37,7 +36,8 @@ from ophora.core.config import option
 from ophora.core.errors import ConfigError, InputError, MediaError, OphoraError, failure_record
 from ophora.core.endpoint import public_url
 from ophora.core.files import as_json_value, atomic_path, remove_partials, write_bytes, write_csv, write_json, write_text
-from ophora.core.signals import Interrupted, die_with_parent, signals_ignored, stop_requests
+from ophora.core.pools import kill_pool, start_pool
+from ophora.core.signals import Interrupted, stop_requests
 from ophora.core.tables import ID_COLUMN, csv_row
 from ophora.core.versions import versions
 from ophora.core.media import (NoVideoStreamError, copy_segment, cut_segment, encode_segment, probe_video,
@@ -338,10 +338,7 @@ def run_local(jobs: list[SourceJob], config: CurateConfig, workers: int):
         for job in jobs:
             yield process_source(job, config)
         return
-    with signals_ignored():  # spawned workers and the resource tracker start with SIGINT/SIGTERM ignored
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn"),
-                                   initializer=die_with_parent, initargs=(os.getpid(),))
-        futures = [pool.submit(process_source, job, config) for job in jobs]
+    pool, futures = start_pool(min(workers, len(jobs)), process_source, [(job, config) for job in jobs])
     finished = False
     try:
         for future in as_completed(futures):
@@ -351,17 +348,7 @@ def run_local(jobs: list[SourceJob], config: CurateConfig, workers: int):
         if finished:
             pool.shutdown()
         else:
-            _kill_pool(pool)
-
-
-def _kill_pool(pool: ProcessPoolExecutor) -> None:
-    """Cancel the sources not started and kill the workers (ProcessPoolExecutor has no public way before 3.14)."""
-    processes = list((pool._processes or {}).values())
-    for process in processes:
-        process.kill()
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.join(5)
+            kill_pool(pool)
 
 
 def run_ray(jobs: list[SourceJob], config: CurateConfig):

@@ -116,20 +116,25 @@ def decode_clips(path: Path, clips: list[Clip], size: int) -> tuple[list[np.ndar
     return [clip if filled[c] == len(clips[c].times) else None for c, clip in enumerate(out)], shown_t
 
 
-def write_clip_file(path: Path, clips: dict[str, np.ndarray], digest: str) -> None:
-    """The clips of one video, named by their index in the plan, with the plan's digest, atomically."""
+def write_clip_file(path: Path, clips: dict[str, np.ndarray], digest: str, last: float) -> None:
+    """The clips of one video, named by their index in the plan, with the plan's digest and the time of the video's
+    last decodable frame (clips past it are left out), atomically."""
     tensors = {name: torch.from_numpy(np.ascontiguousarray(c)) for name, c in clips.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"plan": digest})
+        save_file(tensors, str(tmp), metadata={"plan": digest, "last": repr(last)})
 
 
-def cached_plan(path: Path) -> str:
-    """The plan digest a clip file was made with ("" when it is absent or unreadable)."""
+def cached_clips(path: Path, digest: str) -> tuple[set[str], float] | None:
+    """(the clips, the last decodable time) of a clip file made with plan `digest`; None when it is absent,
+    unreadable or made with another plan."""
     try:
         with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get("plan", "")
-    except Exception:  # noqa: BLE001 - a damaged cache file is simply made again
-        return ""
+            metadata = f.metadata() or {}
+            if metadata.get("plan") != digest:
+                return None
+            return set(f.keys()), float(metadata["last"])
+    except Exception:  # noqa: BLE001 - a damaged or older cache file is simply made again
+        return None
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -164,9 +169,14 @@ def _worker_init(parent: int, worker: int) -> None:
     die_with_parent(parent)
 
 
-def make_loader(dataset: ClipDataset, batch_size: int, order: list[int] | None, workers: int,
+def batches_of(indices: list[int], size: int) -> list[list[int]]:
+    """`indices` cut into batches of `size` (the last may be shorter)."""
+    return [indices[i:i + size] for i in range(0, len(indices), size)]
+
+
+def make_loader(dataset: ClipDataset, batches: list[list[int]], workers: int,
                 pin: bool = False) -> torch.utils.data.DataLoader:
-    """A loader over `dataset` in `order` (indices; None: in dataset order); workers leave Ctrl-C to the parent."""
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers,
+    """A loader yielding the given batches of `dataset` (lists of indices) in order; workers leave Ctrl-C to the parent."""
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                                        pin_memory=pin, prefetch_factor=4 if workers else None,
                                        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None)

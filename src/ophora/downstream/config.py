@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,11 @@ class DownstreamConfig:
     clip_fps: float = option(8.0, "frames per second sampled into a clip (16 frames at 8 fps cover 2 s)")
     clips_per_segment: int = option(4, "most clips cut from one annotated segment or one generated video")
     epochs: int = option(20, "training epochs, the same for every training set")
-    batch_size: int = option(8, "clips per batch (per GPU)")
+    batch_size: int = option(8, "clips per forward pass on one device (a shard of the global batch)")
+    batch_shards: int | None = option(None, "shards per global batch (global batch: shards x --batch-size clips); "
+                                      "processes run them in turn, gradients summed; default: the number of "
+                                      "processes. The same shards and batch size give the same result on any "
+                                      "number of GPUs")
     lr: float = option(1e-4, "peak AdamW learning rate (cosine decay after a one-epoch warm-up)")
     weight_decay: float = option(0.05, "AdamW weight decay")
     seed: int = option(0, "seed of the initial weights, data order and seeded splits")
@@ -40,7 +45,8 @@ class DownstreamConfig:
                                  "split; else the annotations' own split column (OphNet), else seeded")
     split_fractions: list[float] = option([0.7, 0.1, 0.2], "train,val,test shares of the videos when splits are "
                                           "seeded")
-    workers: int = option(4, "data-loader worker processes")
+    workers: int | None = option(None, "worker processes cutting clips and loading batches, per process "
+                                 "(default: min(4, CPU cores); 0: all in the main process)")
     device: str = option("", "cpu, cuda or cuda:N (default: the GPU when there is one)")
     amp: bool = option(True, "bf16 mixed precision on GPUs")
 
@@ -55,14 +61,24 @@ class DownstreamConfig:
             raise ConfigError(f"--clip-size must be at least 16 pixels, got {self.clip_size}")
         if self.clip_fps <= 0 or self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError("--clip-fps and --lr must be above 0 and --weight-decay at least 0")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
+        if self.batch_shards is not None and self.batch_shards < 1:
+            raise ConfigError(f"--batch-shards must be at least 1, got {self.batch_shards}")
         if self.generated_only and not self.synthetic:
             raise ConfigError("--generated-only needs --synthetic videos")
         check_fractions(self.split_fractions)
 
-    def identity(self) -> dict:
-        """The settings that change a result (not where files are or how fast they are read)."""
-        return {k: getattr(self, k) for k in ("model", "clip_frames", "clip_size", "clip_fps", "clips_per_segment",
-                                              "epochs", "batch_size", "lr", "weight_decay", "seed", "split_fractions",
-                                              "amp")}
+    def identity(self, shards: int) -> dict:
+        """The settings that change a result (not where files are, how fast they are read or on how many GPUs),
+        with the batch shards in use."""
+        return {**{k: getattr(self, k) for k in ("model", "clip_frames", "clip_size", "clip_fps", "clips_per_segment",
+                                                 "epochs", "batch_size", "lr", "weight_decay", "seed",
+                                                 "split_fractions", "amp")}, "batch_shards": shards}
+
+    def worker_count(self) -> int:
+        """--workers, or min(4, the CPU cores this process may use)."""
+        if self.workers is not None:
+            return self.workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return min(4, cores)

@@ -12,28 +12,26 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ophora.core.errors import InputError, failure_record
+from ophora.core.errors import ConfigError, InputError, failure_record
 from ophora.core.files import claim_folder, remove_partials, write_csv, write_json
 from ophora.core.manifests import MANIFEST, VIDEO_EXTENSIONS, Video, is_manifest, read_manifest
 from ophora.core.media import probe_video
 from ophora.core.models import fingerprint
-from ophora.core.ranks import Ranks, pick_device
-from ophora.core.signals import die_with_parent
+from ophora.core.pools import kill_pool, start_pool
+from ophora.core.ranks import Ranks, barrier, init_ranks, pick_device
 from ophora.core.tables import ID_COLUMN, csv_text
 from ophora.core.versions import versions
 from ophora.downstream.annotations import Segment, read_annotations, summary
-from ophora.downstream.clips import Clip, ClipSettings, cached_plan, decode_clips, plan_clips, plan_digest, \
+from ophora.downstream.clips import Clip, ClipSettings, cached_clips, decode_clips, plan_clips, plan_digest, \
     video_key, write_clip_file
 from ophora.downstream.config import DownstreamConfig
 from ophora.downstream.models import read_weights
@@ -138,46 +136,74 @@ def extract(job: Job, settings: ClipSettings, folder: Path) -> tuple[str, list[t
 
     clips = _plan(job, settings, refuse)
     path = folder / f"{video_key(job.video)}.safetensors"
-    digest = plan_digest(clips, settings.size)
-    if clips and cached_plan(path) != digest:
-        decoded, last = decode_clips(job.path, clips, settings.size)
-        for clip, frames in zip(clips, decoded):
-            if frames is None:
-                refuse(clip.segment, job.video, f"clip at {clip.times[0]:.2f}-{clip.times[-1]:.2f} s is past the "
-                                                f"last decodable frame of {job.path} ({last:.3f} s)")
-        write_clip_file(path, {str(i): f for i, f in enumerate(decoded) if f is not None}, digest)
     if not clips:
         return path.name, [], refused
-    with safe_open(str(path), "pt") as f:
-        present = set(f.keys())
+    digest = plan_digest(clips, settings.size)
+    cached = cached_clips(path, digest)
+    if cached is None:
+        decoded, last = decode_clips(job.path, clips, settings.size)
+        made = {str(i): f for i, f in enumerate(decoded) if f is not None}
+        write_clip_file(path, made, digest, last)
+        cached = set(made), last
+    present, last = cached
+    for i, clip in enumerate(clips):
+        if str(i) not in present:  # said again on every rerun: refused.csv is the same however often it resumed
+            refuse(clip.segment, job.video, f"clip at {clip.times[0]:.2f}-{clip.times[-1]:.2f} s is past the "
+                                            f"last decodable frame of {job.path} ({last:.3f} s)")
     return path.name, [(str(i), c) for i, c in enumerate(clips) if str(i) in present], refused
 
 
-def _extract_all(jobs: list[Job], settings: ClipSettings, folder: Path, workers: int, refused: list[dict],
-                 failures: list[dict]) -> dict[str, tuple[str, list[tuple[str, Clip]]]]:
-    done = {}
-    pool = ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) \
-        if workers > 1 and len(jobs) > 1 else None
+def _extract_mine(jobs: list[Job], settings: ClipSettings, folder: Path, workers: int, ranks: Ranks) -> dict:
+    """Cut the clips of this rank's share of `jobs` (every world-th), in `workers` processes when more than one:
+    video id -> (clip file name, clips, refused rows), or a failure record."""
+    mine = jobs[ranks.rank::ranks.world]
+    pool, futures = start_pool(min(workers, len(mine)), extract, [(job, settings, folder) for job in mine]) \
+        if workers > 1 and len(mine) > 1 else (None, [])
+    outcomes: dict = {}
     try:
-        futures = {job.video: (pool.submit(extract, job, settings, folder) if pool else None) for job in jobs}
-        for job in tqdm(jobs, desc="clips", unit="video"):  # a signal abandons the video in hand (files are atomic)
+        bar = tqdm(mine, desc="clips", unit="video", disable=None if ranks.rank == 0 else True)
+        for k, job in enumerate(bar):  # a signal abandons the videos in hand (files are atomic) and kills the pool
             try:
-                name, clips, rows = futures[job.video].result() if pool else extract(job, settings, folder)
+                outcomes[job.video] = futures[k].result() if pool else extract(job, settings, folder)
             except Exception as exc:  # noqa: BLE001 - one video's failure is recorded, the others go on
-                failures.append({"video": job.video, "path": str(job.path),
-                                 **failure_record(exc, log, f"video {job.path}")})
-                continue
+                outcomes[job.video] = {"video": job.video, "path": str(job.path),
+                                       **failure_record(exc, log, f"video {job.path}")}
+    finally:
+        if pool and len(outcomes) == len(mine):
+            pool.shutdown()
+        elif pool:
+            kill_pool(pool)
+    return outcomes
+
+
+def _extract_all(jobs: list[Job], settings: ClipSettings, folder: Path, workers: int, ranks: Ranks,
+                 refused: list[dict], failures: list[dict]) -> dict[str, tuple[str, list[tuple[str, Clip]]]]:
+    """Every job's clips, the ranks sharing the work; refused rows and failures are added in job order."""
+    outcomes = _extract_mine(jobs, settings, folder, workers, ranks)
+    if ranks.world > 1:
+        shares: list = [None] * ranks.world
+        dist.all_gather_object(shares, outcomes)  # between this run's own processes
+        outcomes = {video: outcome for share in shares for video, outcome in share.items()}
+    done = {}
+    for job in jobs:
+        outcome = outcomes[job.video]
+        if isinstance(outcome, dict):
+            failures.append(outcome)
+        else:
+            name, clips, rows = outcome
             refused += rows
             done[job.video] = (name, clips)
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
     return done
 
 
 def downstream(config: DownstreamConfig) -> dict:
     """Run the experiment (see the module docstring); returns what results.json holds."""
     config.check()
+    ranks = init_ranks(cuda_collectives=True)  # gradients are summed on the GPUs
+    shards = config.batch_shards or ranks.world
+    if shards % ranks.world:
+        raise ConfigError(f"--batch-shards {shards} cannot be shared by {ranks.world} processes: use a multiple of "
+                          f"{ranks.world}")
     annotations = read_annotations(config.annotations)
     refused = list(annotations.refused)
 
@@ -208,15 +234,20 @@ def downstream(config: DownstreamConfig) -> dict:
     jobs += generated_jobs(read_generated(config.synthetic), phases, mapping, refuse)
 
     weights = read_weights(config.weights) if config.weights else None
-    identity = {**config.identity(), "weights": fingerprint([config.weights], with_mtime=False) if config.weights else ""}
+    identity = {**config.identity(shards),
+                "weights": fingerprint([config.weights], with_mtime=False) if config.weights else ""}
     claim_folder(config.out, RECORD, identity, "downstream experiment", "use another --out or delete the folder")
-    config.out.mkdir(parents=True, exist_ok=True)
-    remove_partials(config.out)
-    write_json(config.out / RECORD, {"identity": identity, "versions": versions("torchvision")})
+    barrier()  # every rank has checked the folder before rank 0 writes into it
+    if ranks.rank == 0:
+        config.out.mkdir(parents=True, exist_ok=True)
+        remove_partials(config.out)
+        write_json(config.out / RECORD, {"identity": identity, "versions": versions("torchvision"),
+                                         "world_size": ranks.world})
+    barrier()
 
     settings = ClipSettings(config.clip_frames, config.clip_size, config.clip_fps, config.clips_per_segment)
     failures: list[dict] = []
-    cut = _extract_all(jobs, settings, config.out / "clips", config.workers, refused, failures)
+    cut = _extract_all(jobs, settings, config.out / "clips", config.worker_count(), ranks, refused, failures)
 
     label = {p: k for k, p in enumerate(phases)}
     sets: dict[str, list[Item]] = defaultdict(list)
@@ -233,13 +264,15 @@ def downstream(config: DownstreamConfig) -> dict:
         runs.append(Run("real+generated", sets["train"] + sets["generated"], sets["val"], sets["test"]))
         if config.generated_only:
             runs.append(Run("generated", sets["generated"], sets["val"], sets["test"]))
-    write_csv(config.out / "refused.csv", REFUSED_COLUMNS, refused)
-    write_csv(config.out / "failures.csv", ("video", "path", "error_type", "error"), failures)
+    if ranks.rank == 0:
+        write_csv(config.out / "refused.csv", REFUSED_COLUMNS, refused)
+        write_csv(config.out / "failures.csv", ("video", "path", "error_type", "error"), failures)
 
-    device = torch.device(pick_device(config.device or None, Ranks(0, 1, 0)))
+    device = torch.device(pick_device(config.device or None, ranks))
     results = {}
     for run in runs:
-        results[run.name] = train_run(run, phases, config, device, config.out / "runs" / run.name, weights, identity)
+        results[run.name] = train_run(run, phases, config, shards, ranks, device, config.out / "runs" / run.name,
+                                      weights, identity)
         results[run.name].pop("identity")
     result = {"phases": phases, "annotations": {"files": len(annotations.files), **summary(annotations.segments),
                                                 "refused_rows": len(annotations.refused)},
@@ -249,6 +282,8 @@ def downstream(config: DownstreamConfig) -> dict:
               "generated": {"videos": len({i.video for i in sets["generated"]}), "clips": len(sets["generated"])},
               "refused": len(refused), "failed": len(failures), "settings": identity, "runs": results,
               "versions": versions("torchvision")}
-    write_json(config.out / "results.json", result)
-    write_report(config.out, result)
+    if ranks.rank == 0:
+        write_json(config.out / "results.json", result)
+        write_report(config.out, result)
+    barrier()
     return result

@@ -22,12 +22,27 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ophora.core.files import atomic_dir, atomic_path, read_json, write_json
+from ophora.core.ranks import Ranks, barrier
 from ophora.core.seeds import derived_seed
-from ophora.core.signals import stop_requests
-from ophora.downstream.clips import ClipDataset, epoch_order, make_loader, normalise
+from ophora.core.signals import Interrupted, stop_requests
+from ophora.downstream.clips import (
+    ClipDataset,
+    batches_of,
+    epoch_order,
+    make_loader,
+    normalise,
+)
 from ophora.downstream.config import DownstreamConfig
 from ophora.downstream.metrics import scores, segment_votes
-from ophora.downstream.models import build_model, load_backbone
+from ophora.downstream.models import HEADS, build_model, load_backbone
+from ophora.downstream.shards import (
+    NormStatistics,
+    agreed_stop,
+    gather_rows,
+    own_shards,
+    step_shards,
+    sum_over_ranks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +78,26 @@ def _autocast(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
-def predict(model: torch.nn.Module, items: list[Item], config: DownstreamConfig, device: torch.device) -> np.ndarray:
-    """Class probabilities of every clip (N, classes)."""
-    loader = make_loader(_dataset(items), config.batch_size, None, config.workers, device.type == "cuda")
+def predict(model: torch.nn.Module, items: list[Item], config: DownstreamConfig, device: torch.device,
+            ranks: Ranks) -> np.ndarray:
+    """Class probabilities of every clip (N, classes); each rank predicts every world-th clip."""
+    mine = list(range(ranks.rank, len(items), ranks.world))
+    loader = make_loader(_dataset(items), batches_of(mine, config.batch_size), config.worker_count(),
+                         device.type == "cuda")
     model.eval()
     out = []
     with torch.no_grad():
         for clips, _ in loader:
             with _autocast(device, config.amp):
                 logits = model(normalise(clips.to(device, non_blocking=True)))
-            out.append(torch.softmax(logits.float(), 1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0))
+            out.append(torch.softmax(logits.float(), 1).cpu())
+    classes = model.state_dict()[f"{HEADS[config.model]}weight"].shape[0]
+    return gather_rows(torch.cat(out) if out else torch.zeros((0, classes)), len(items), ranks).numpy()
 
 
-def evaluate(model, items: list[Item], phases: list[str], config: DownstreamConfig, device) -> dict:
+def evaluate(model, items: list[Item], phases: list[str], config: DownstreamConfig, device, ranks: Ranks) -> dict:
     """Clip-level and segment-level (mean of a segment's clips) scores."""
-    probabilities = predict(model, items, config, device)
+    probabilities = predict(model, items, config, device, ranks)
     labels = np.array([i.label for i in items])
     segments, votes = segment_votes(probabilities, [i.segment for i in items])
     truth = {i.segment: i.label for i in items}
@@ -117,36 +136,79 @@ def _save_weights(path: Path, model) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
 
 
-def _train_epoch(run: Run, model, optimizer, loss_fn, state: dict, epoch: int, total: int, per_epoch: int,
-                 config: DownstreamConfig, device, stop, checkpoint: Path) -> None:
-    """The rest of one epoch from `state["batch"]`; on a stop request the checkpoint is saved mid-epoch."""
-    torch.manual_seed(derived_seed(config.seed, "epoch", epoch, state["batch"]))  # dropout, stochastic depth
-    order = epoch_order(len(run.train), derived_seed(config.seed, "order", epoch))[state["batch"] * config.batch_size:]
-    loader = make_loader(_dataset(run.train), config.batch_size, order, config.workers, device.type == "cuda")
+@dataclass
+class Loop:
+    """What every step of a run uses: the network and its optimizer, the schedule, the shards and where to save."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    config: DownstreamConfig
+    shards: int
+    ranks: Ranks
+    device: torch.device
+    per_epoch: int
+    checkpoint: Path
+
+    def save(self, state: dict) -> None:
+        if self.ranks.rank == 0:
+            _save_checkpoint(self.checkpoint, self.model, self.optimizer, state)
+
+
+def _train_epoch(run: Run, loop: Loop, state: dict, epoch: int, stop) -> None:
+    """The rest of one epoch from `state["batch"]` (shards.py); on a stop request the checkpoint is saved mid-epoch."""
+    config, model, ranks = loop.config, loop.model, loop.ranks
+    order = epoch_order(len(run.train), derived_seed(config.seed, "order", epoch))
+    steps = {k: step_shards(order, k, loop.shards, config.batch_size) for k in range(state["batch"], loop.per_epoch)}
+    mine = own_shards(loop.shards, ranks)
+    loader = make_loader(_dataset(run.train), [shards[s] for shards in steps.values() for s in mine if shards[s]],
+                         config.worker_count(), loop.device.type == "cuda")
+    batches = iter(loader)
+    norms = NormStatistics(model)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+    total = loop.per_epoch * config.epochs
     model.train()
-    bar = tqdm(loader, desc=f"{run.name} epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-               initial=state["batch"], total=per_epoch)
-    for clips, labels in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(state["step"], total, per_epoch, config.lr)
-        with _autocast(device, config.amp):
-            logits = model(normalise(clips.to(device, non_blocking=True)))
-        loss = loss_fn(logits.float(), labels.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    bar = tqdm(steps.items(), desc=f"{run.name} epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+               initial=state["batch"], total=loop.per_epoch, disable=None if ranks.rank == 0 else True)
+    for k, shards in bar:
+        for group in loop.optimizer.param_groups:
+            group["lr"] = _lr(state["step"], total, loop.per_epoch, config.lr)
+        loop.optimizer.zero_grad(set_to_none=True)
+        clips_in_batch = sum(map(len, shards))
+        loss = torch.zeros(1, device=loop.device)
+        norms.start_step()
+        for s in mine:
+            if not shards[s]:
+                continue
+            clips, labels = next(batches)
+            torch.manual_seed(derived_seed(config.seed, "shard", epoch, k, s))  # dropout, stochastic depth
+            norms.start_shard()
+            with _autocast(loop.device, config.amp):
+                logits = model(normalise(clips.to(loop.device, non_blocking=True)))
+            shard_loss = loss_fn(logits.float(), labels.to(loop.device)) / clips_in_batch
+            shard_loss.backward()
+            norms.end_shard()
+            loss += shard_loss.detach()
+        for p in parameters:
+            if p.grad is None:  # this rank ran no shard of this (last, short) batch
+                p.grad = torch.zeros_like(p)
+        sum_over_ranks([p.grad for p in parameters] + [loss])
+        norms.end_step(sum(1 for shard in shards if shard))
+        loop.optimizer.step()
         state["step"] += 1
         state["batch"] += 1
         state["losses"].append(loss.item())
         bar.set_postfix(loss=f"{state['losses'][-1]:.3f}")
-        if stop.requested:
-            _save_checkpoint(checkpoint, model, optimizer, state)
-            stop.check(f"{run.name} saved at epoch {epoch + 1}, batch {state['batch']}")
+        signum = agreed_stop(stop.signum)  # every rank stops after the same step
+        if signum:
+            loop.save(state)
+            barrier()
+            raise Interrupted(signum, f"{run.name} saved at epoch {epoch + 1}, batch {state['batch']}")
 
 
-def train_run(run: Run, phases: list[str], config: DownstreamConfig, device: torch.device, folder: Path,
-              weights: dict[str, torch.Tensor] | None, identity: dict) -> dict:
-    """Train `run` (or continue it), test its selected weights and return its result (also `result.json`)."""
+def train_run(run: Run, phases: list[str], config: DownstreamConfig, shards: int, ranks: Ranks, device: torch.device,
+              folder: Path, weights: dict[str, torch.Tensor] | None, identity: dict) -> dict:
+    """Train `run` (or continue it), test its selected weights and return its result (rank 0 writes `result.json`)."""
     identity = hashlib.sha256(json.dumps({**identity, "run": run.name, "phases": phases,
                                           "clips": [[i.path.name, i.name, i.label] for i in run.train],
                                           "val": [[i.path.name, i.name] for i in run.val]},
@@ -160,39 +222,39 @@ def train_run(run: Run, phases: list[str], config: DownstreamConfig, device: tor
         load_backbone(model, config.model, weights, config.weights)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    per_epoch = math.ceil(len(run.train) / config.batch_size)
-    total = per_epoch * config.epochs
+    loop = Loop(model, optimizer, config, shards, ranks, device,
+                math.ceil(len(run.train) / (shards * config.batch_size)), folder / "checkpoint")
     state = {"identity": identity, "epoch": 0, "batch": 0, "step": 0, "losses": [], "history": [], "best": None}
-    checkpoint = folder / "checkpoint"
-    if (checkpoint / "state.json").is_file():
-        saved = read_json(checkpoint / "state.json", "the training state")
+    if (loop.checkpoint / "state.json").is_file():
+        saved = read_json(loop.checkpoint / "state.json", "the training state")
         if saved.get("identity") == identity:
-            state = _load_checkpoint(checkpoint, model, optimizer, device)
+            state = _load_checkpoint(loop.checkpoint, model, optimizer, device)
             state.pop("param_groups", None)
-            log.info("%s: resuming after epoch %d", run.name, state["epoch"])
+            log.info("%s: resuming at epoch %d, batch %d", run.name, state["epoch"] + 1, state["batch"])
         else:
             log.info("%s: its settings or clips changed; training from the start", run.name)
-    loss_fn = torch.nn.CrossEntropyLoss()
     with stop_requests("training step") as stop:
         for epoch in range(state["epoch"], config.epochs):
-            _train_epoch(run, model, optimizer, loss_fn, state, epoch, total, per_epoch, config, device, stop,
-                         checkpoint)
+            _train_epoch(run, loop, state, epoch, stop)
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(state["losses"]))}
             if run.val:
-                val = evaluate(model, run.val, phases, config, device)["clip"]
+                val = evaluate(model, run.val, phases, config, device, ranks)["clip"]
                 record |= {"val_top1": val["top1"], "val_macro_f1": val["macro_f1"]}
             state["history"].append(record)
             best = state["best"]
             if not run.val or best is None or record["val_macro_f1"] >= best["val_macro_f1"]:  # ties: the later epoch
                 state["best"] = record
-                _save_weights(folder / "best.safetensors", model)
+                if ranks.rank == 0:
+                    _save_weights(folder / "best.safetensors", model)
             state["epoch"], state["batch"], state["losses"] = epoch + 1, 0, []
-            _save_checkpoint(checkpoint, model, optimizer, state)
+            loop.save(state)
             log.info("%s epoch %d/%d: %s", run.name, epoch + 1, config.epochs,
                      ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
+    barrier()  # rank 0 has written the selected weights
     model.load_state_dict(load_file(str(folder / "best.safetensors"), device=str(device)))
     result = {"identity": identity, "name": run.name, "history": state["history"], "selected_epoch": state["best"]["epoch"],
               "train": {"clips": len(run.train), "videos": len({i.video for i in run.train})},
-              "test": evaluate(model, run.test, phases, config, device)}
-    write_json(done, result)
+              "test": evaluate(model, run.test, phases, config, device, ranks)}
+    if ranks.rank == 0:
+        write_json(done, result)
     return result
