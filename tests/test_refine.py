@@ -280,7 +280,7 @@ def test_refiner_keeps_length_order_and_is_deterministic():
     first = refiner.refine(narrations)
     assert first == make_refiner(RefineConfig(backend="rules")).refine(narrations)
     assert first == ["", "Inject viscoelastic.", "", "Inject viscoelastic.", refine_narration(PAPER_NARRATION)]
-    assert refiner.name == "rules" and refiner.version == "rules-2"
+    assert refiner.name == "rules" and refiner.version == "rules-3"
     assert refiner.summary()["counts"] == {"refined": 5, "empty": 2}
 
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from ophora.core.errors import InputError
 
-VERSION = "rules-2"
+VERSION = "rules-3"
 
 # ---------------------------------------------------------------------------------------------- lexicons
 
@@ -107,10 +107,13 @@ _TAGS = re.compile(
     r"♪+|>>+|https?://\S+|www\.\S+|[@#]\w+",
     re.IGNORECASE,
 )
-_FILLERS = re.compile(
-    r"\b(?:u+m+|u+h+|e+r+m+|hmm+|you know|i mean|kind of|sort of|basically|actually|literally|obviously)\b,?",
+_FILLERS = re.compile(  # with the commas around them, which only set them off
+    r"(?:,\s*)?\b(?:u+m+|u+h+|e+r+m+|hmm+|you know|i mean|kind of|sort of|basically|actually|literally|obviously)\b,?",
     re.IGNORECASE,
 )
+# Auto-captions spell the irrigation/aspiration handpiece "i a" (and ASR "I and A").
+_I_A = re.compile(r"\bi(?: and |/| )a\b(?=\s+(?:handpiece|probe|probes|tip|mode|cannula|system)\b)|(?<=\bthe )i a\b",
+                  re.IGNORECASE)
 _ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "vs", "approx", "e.g", "i.e", "etc", "fig", "no", "st"}
 _SENTENCE_END = re.compile(r"[.!?;]+(?=\s|$)|\n+")
 
@@ -135,6 +138,9 @@ _NON_VISUAL = re.compile(
         r"complications?", r"outcomes?", r"prognosis", r"post-?op(?:erative(?:ly)?)?\b", r"follow[- ]up",
         r"recover\w*", r"discharged", r"did (?:very )?well", r"doing (?:very )?well", r"happy",
         r"endophthalmitis", r"risks?\b", r"chances? of", r"complicat\w*",
+        # expectations and hopes are not seen
+        r"(?:i|we|you) (?:would |might |may |can |could |will |do )?(?:expect|anticipate|hope|worry|wonder|suppose|"
+        r"predict)\b",
     ]) + r")",
     re.IGNORECASE,
 )
@@ -176,6 +182,8 @@ _OPENER_PHRASES = [
     r"look at", r"look how", r"(?:we|i|you)(?:'ve| have) got", r"we have", r"there(?:'s| is)", r"this is", r"that's",
     r"what (?:i|we|you) (?:like|want|need|prefer|try|have) to do(?: here| now)? is(?: to)?",
     r"what (?:i'm|we're|i am|we are) doing(?: here| now)? is",
+    r"what (?:i'm|we're|i am|we are) (?:going to|gonna) do(?: here| now)? is(?: to)?",
+    r"the (?:main |most important |important |key )?thing(?: to remember| to do)? is(?: to)?",
 ]
 _OPENERS = re.compile(
     r"^(?:" + "|".join(sorted(_OPENER_PHRASES, key=len, reverse=True)) + r")\b[,:]?(?:\s+|$)", re.IGNORECASE
@@ -238,7 +246,7 @@ _SUBJECT_DETERMINERS = {"the", "a", "an", "both", "two", "my", "our", "his", "he
 _OBJECT_STARTS = {"the", "a", "an", "it", "them", "this", "that", "these", "those", "its", "their", "some", "any",
                   "both", "each", "all", "another", "more", "two", "three", "four"}
 # A clause fragment cut mid-phrase ("... with the keratome at") loses its dangling words.
-_TRAILING = re.compile(r"(?:[\s,;:\"'-]|\b(?:and|or|then|with|to|the|a|an|of|so|but|while|as|is|are|we|i|you|at|in|on|"
+_TRAILING = re.compile(r"(?:[\s,;:\"'-]|(?<!/)\b(?:and|or|then|with|to|the|a|an|of|so|but|while|as|is|are|we|i|you|at|in|on|"
                        r"into|onto|from|by|for|under|over|through|toward|towards|near|around|this|that|these|those|"
                        r"its|their|our|my|your|his|her|some|any|very|more|until|before|after|which|when|where)\b)+$",
                        re.IGNORECASE)
@@ -357,10 +365,31 @@ def action_base(word: str, kinds: set[str]) -> str | None:
 
 
 def clean_text(text: str) -> str:
-    """Unicode-normalise, drop caption tags ([Music], <i>, >>), links and filler words, collapse spaces."""
+    """Unicode-normalise, drop caption tags ([Music], <i>, >>), links, filler words and repeats, collapse spaces."""
     text = unicodedata.normalize("NFKC", text).replace("\ufeff", "").replace("\u2019", "'").replace("\u2018", "'")
-    text = _FILLERS.sub(" ", _TAGS.sub(" ", text))
-    return re.sub(r"[ \t\r\f\v]+", " ", text).strip()
+    text = _I_A.sub("I/A", _FILLERS.sub(" ", _TAGS.sub(" ", text)))
+    return drop_repeats(re.sub(r"[ \t\r\f\v]+", " ", text).strip())
+
+
+def drop_repeats(text: str, longest: int = 16) -> str:
+    """Words said twice in a row kept once: a false start ("the, the lens", "we're, we're cracking"), or a rolling
+    caption that repeats the line before and goes on ("make the incision at make the incision at the limbus");
+    a trailing repeat of at least three earlier words is dropped ("... we rotate the nucleus" twice)."""
+    words = text.split(" ")
+    keys = [w.lower().strip(",.;:!?\"'") for w in words]
+    i = 0
+    while i < len(words):
+        for n in range(min(longest, (len(words) - i) // 2), 0, -1):
+            if keys[i:i + n] == keys[i + n:i + 2 * n] and any(keys[i:i + n]):
+                del words[i:i + n], keys[i:i + n]
+                break
+        else:
+            i += 1
+    for start in range(1, len(words) - 2):
+        tail = keys[start:]
+        if any(keys[k:k + len(tail)] == tail for k in range(start - len(tail) + 1)):
+            return " ".join(words[:start]).rstrip(",;:") + (words[-1][-1] if words[-1][-1] in ".!?" else "")
+    return " ".join(words)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -651,11 +680,16 @@ def _gerund_phrase(imperative: str) -> str:
     return " ".join(w for w in (GERUND.get(verb.lower(), verb), rest) if w)
 
 
+_GENERIC_VERBS = {"perform", "go", "take", "get", "make", "put"}  # need a named thing to show anything
+
+
 def shows_something(text: str, is_action: bool) -> bool:
-    """True when the text names an instrument, anatomy or technique, or is an action with an object."""
+    """True when the text names an instrument, anatomy or technique, or is an action (not a generic one such as
+    "perform about twenty of these") with an object."""
     words = {w.strip(".,;:!?()\"'").lower() for w in text.split()}
     words |= {w[:-1] for w in words if w.endswith("s")}
-    return bool(words & _CONTENT_WORDS) or (is_action and len(words) > 1)
+    generic = text.split(" ", 1)[0].lower() in _GENERIC_VERBS
+    return bool(words & _CONTENT_WORDS) or (is_action and len(words) > 1 and not generic)
 
 
 def _tidy(text: str) -> str:
@@ -694,6 +728,7 @@ _BINDS_NEXT = {"what", "as", "that", "if", "when", "where", "how", "once", "whic
                "while", "before", "after", "until", "thank", "show", "tell", "let", "help", "to", "with", "for", "do",
                "and", "right", "just", "until", "than", "is", "are", "was", "were", "of", "in", "on", "at", "by",
                "into", "from", "see", "like", "okay", "ok", "alright", "now", "here", "all", "like", "well", "then"}
+_TWO_WORD_STARTS = {"you can", "you'll see", "you see", "make sure", "be careful", "as you", "if you"}
 
 
 def segment_unpunctuated(text: str) -> str:
@@ -707,7 +742,8 @@ def segment_unpunctuated(text: str) -> str:
     out: list[str] = []
     for i, word in enumerate(words):
         lower = word.lower()
-        if (i and lower in _CLAUSE_STARTS and words[i - 1].lower() not in _BINDS_NEXT
+        pair = f"{lower} {words[i + 1].lower()}" if i + 1 < len(words) else ""
+        if (i and (lower in _CLAUSE_STARTS or pair in _TWO_WORD_STARTS) and words[i - 1].lower() not in _BINDS_NEXT
                 and len(out) - _last_break(out) >= 2):
             out[-1] += ","
         out.append(word)
