@@ -781,6 +781,25 @@ def refine_narration(narration: str, max_words: int = 60) -> str:
     return text[0].upper() + text[1:] + "."
 
 
+def narration_clauses(narration: str) -> list[str]:
+    """The narration's clauses as the refiner reads them (cleaned, unpunctuated text segmented, repeats once)."""
+    sentences = split_sentences(segment_unpunctuated(clean_text(narration)))
+    return [c for s in sentences for piece in _CLAUSE_BREAK.split(s) if (c := _tidy(piece))]
+
+
+def dropped_clauses(narration: str, instruction: str) -> list[str]:
+    """The clauses of `narration` that none of `instruction`'s words come from (any refiner's instruction): a
+    clause is kept when one of its words of four letters or more, or its verb's base, is in the instruction."""
+    said = {w[:5] for w in re.findall(r"[a-z]{4,}", instruction.lower())}
+    dropped = []
+    for clause in narration_clauses(narration):
+        words = [w for w in re.findall(r"[a-z]{4,}", clause.lower()) if w not in FUNCTION_WORDS]
+        bases = {(verb_form(w) or (w,))[0][:5] for w in words}
+        if not ({w[:5] for w in words} | bases) & said:
+            dropped.append(clause)
+    return dropped
+
+
 def check_narrations(narrations: Sequence[str]) -> Sequence[str]:
     """The narrations, after checking that each is a string (a missing one should be "", not None or NaN)."""
     if isinstance(narrations, str):
