@@ -108,7 +108,8 @@ def main() -> None:
     out = data.parent / f"{data.name}-out"
     options = []
     for spec in args.options.split(","):
-        mode, preset, max_h = (spec.split(":") + ["veryfast", "0"])[:3] if ":" in spec else (spec, "veryfast", "0")
+        parts = spec.split(":")
+        mode, preset, max_h = (parts + ["veryfast", "0"][len(parts) - 1:])[:3]
         shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
         summary = curate(CurateConfig(input=data, out=out, workers=args.workers, clip_mode=mode, preset=preset,
