@@ -28,6 +28,7 @@ from ophora.core.media import probe_video
 from ophora.core.models import fingerprint
 from ophora.core.pools import kill_pool, start_pool
 from ophora.core.ranks import Ranks, barrier, init_ranks, pick_device
+from ophora.core.signals import Interrupted, stop_requests
 from ophora.core.tables import ID_COLUMN, csv_text
 from ophora.core.versions import versions
 from ophora.downstream.annotations import Segment, read_annotations, summary
@@ -36,6 +37,7 @@ from ophora.downstream.clips import Clip, ClipSettings, cached_clips, decode_cli
 from ophora.downstream.config import DownstreamConfig
 from ophora.downstream.models import read_weights
 from ophora.downstream.report import write_report
+from ophora.downstream.shards import agreed_stop
 from ophora.downstream.splits import assign_splits, read_split_file
 from ophora.downstream.train import Item, Run, train_run
 
@@ -270,10 +272,14 @@ def downstream(config: DownstreamConfig) -> dict:
 
     device = torch.device(pick_device(config.device or None, ranks))
     results = {}
-    for run in runs:
-        results[run.name] = train_run(run, phases, config, shards, ranks, device, config.out / "runs" / run.name,
-                                      weights, identity)
-        results[run.name].pop("identity")
+    with stop_requests("training step") as stop:  # a signal between two steps stops after the step, between runs too
+        for run in runs:
+            signum = agreed_stop(stop.signum)
+            if signum:
+                raise Interrupted(signum, f"runs {', '.join(results) or 'none'} done")
+            results[run.name] = train_run(run, phases, config, shards, ranks, device, config.out / "runs" / run.name,
+                                          weights, identity, stop)
+            results[run.name].pop("identity")
     result = {"phases": phases, "annotations": {"files": len(annotations.files), **summary(annotations.segments),
                                                 "refused_rows": len(annotations.refused)},
               "splits": {"source": split_source,

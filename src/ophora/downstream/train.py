@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ophora.core.files import atomic_dir, atomic_path, read_json, write_json
 from ophora.core.ranks import Ranks, barrier
 from ophora.core.seeds import derived_seed
-from ophora.core.signals import Interrupted, stop_requests
+from ophora.core.signals import Interrupted, StopFlag
 from ophora.downstream.clips import (
     ClipDataset,
     batches_of,
@@ -170,45 +170,52 @@ def _train_epoch(run: Run, loop: Loop, state: dict, epoch: int, stop) -> None:
     model.train()
     bar = tqdm(steps.items(), desc=f"{run.name} epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
                initial=state["batch"], total=loop.per_epoch, disable=None if ranks.rank == 0 else True)
-    for k, shards in bar:
-        for group in loop.optimizer.param_groups:
-            group["lr"] = _lr(state["step"], total, loop.per_epoch, config.lr)
-        loop.optimizer.zero_grad(set_to_none=True)
-        clips_in_batch = sum(map(len, shards))
-        loss = torch.zeros(1, device=loop.device)
-        norms.start_step()
-        for s in mine:
-            if not shards[s]:
-                continue
-            clips, labels = next(batches)
-            torch.manual_seed(derived_seed(config.seed, "shard", epoch, k, s))  # dropout, stochastic depth
-            norms.start_shard()
-            with _autocast(loop.device, config.amp):
-                logits = model(normalise(clips.to(loop.device, non_blocking=True)))
-            shard_loss = loss_fn(logits.float(), labels.to(loop.device)) / clips_in_batch
-            shard_loss.backward()
-            norms.end_shard()
-            loss += shard_loss.detach()
-        for p in parameters:
-            if p.grad is None:  # this rank ran no shard of this (last, short) batch
-                p.grad = torch.zeros_like(p)
-        sum_over_ranks([p.grad for p in parameters] + [loss])
-        norms.end_step(sum(1 for shard in shards if shard))
-        loop.optimizer.step()
-        state["step"] += 1
-        state["batch"] += 1
-        state["losses"].append(loss.item())
-        bar.set_postfix(loss=f"{state['losses'][-1]:.3f}")
-        signum = agreed_stop(stop.signum)  # every rank stops after the same step
-        if signum:
-            loop.save(state)
-            barrier()
-            raise Interrupted(signum, f"{run.name} saved at epoch {epoch + 1}, batch {state['batch']}")
+    try:
+        for k, shards in bar:
+            for group in loop.optimizer.param_groups:
+                group["lr"] = _lr(state["step"], total, loop.per_epoch, config.lr)
+            loop.optimizer.zero_grad(set_to_none=True)
+            clips_in_batch = sum(map(len, shards))
+            loss = torch.zeros(1, device=loop.device)
+            norms.start_step()
+            for s in mine:
+                if not shards[s]:
+                    continue
+                clips, labels = next(batches)
+                torch.manual_seed(derived_seed(config.seed, "shard", epoch, k, s))  # dropout, stochastic depth
+                norms.start_shard()
+                with _autocast(loop.device, config.amp):
+                    logits = model(normalise(clips.to(loop.device, non_blocking=True)))
+                shard_loss = loss_fn(logits.float(), labels.to(loop.device)) / clips_in_batch
+                shard_loss.backward()
+                norms.end_shard()
+                loss += shard_loss.detach()
+            for p in parameters:
+                if p.grad is None:  # this rank ran no shard of this (last, short) batch
+                    p.grad = torch.zeros_like(p)
+            sum_over_ranks([p.grad for p in parameters] + [loss])
+            norms.end_step(sum(1 for shard in shards if shard))
+            loop.optimizer.step()
+            state["step"] += 1
+            state["batch"] += 1
+            state["losses"].append(loss.item())
+            bar.set_postfix(loss=f"{state['losses'][-1]:.3f}")
+            signum = agreed_stop(stop.signum)  # every rank stops after the same step
+            if signum:
+                loop.save(state)
+                barrier()
+                raise Interrupted(signum, f"{run.name} saved at epoch {epoch + 1}, batch {state['batch']}")
+    finally:
+        del batches  # the last reference: its workers end now, not at the interpreter's exit (which they would
+        # outlive: they ignore the SIGTERM multiprocessing sends them then)
 
 
 def train_run(run: Run, phases: list[str], config: DownstreamConfig, shards: int, ranks: Ranks, device: torch.device,
-              folder: Path, weights: dict[str, torch.Tensor] | None, identity: dict) -> dict:
-    """Train `run` (or continue it), test its selected weights and return its result (rank 0 writes `result.json`)."""
+              folder: Path, weights: dict[str, torch.Tensor] | None, identity: dict, stop: StopFlag) -> dict:
+    """Train `run` (or continue it), test its selected weights and return its result (rank 0 writes `result.json`).
+
+    `stop` is checked after every step (all ranks agreeing), which then saves the checkpoint and raises `Interrupted`.
+    """
     identity = hashlib.sha256(json.dumps({**identity, "run": run.name, "phases": phases,
                                           "clips": [[i.path.name, i.name, i.label] for i in run.train],
                                           "val": [[i.path.name, i.name] for i in run.val]},
@@ -233,23 +240,22 @@ def train_run(run: Run, phases: list[str], config: DownstreamConfig, shards: int
             log.info("%s: resuming at epoch %d, batch %d", run.name, state["epoch"] + 1, state["batch"])
         else:
             log.info("%s: its settings or clips changed; training from the start", run.name)
-    with stop_requests("training step") as stop:
-        for epoch in range(state["epoch"], config.epochs):
-            _train_epoch(run, loop, state, epoch, stop)
-            record = {"epoch": epoch + 1, "train_loss": float(np.mean(state["losses"]))}
-            if run.val:
-                val = evaluate(model, run.val, phases, config, device, ranks)["clip"]
-                record |= {"val_top1": val["top1"], "val_macro_f1": val["macro_f1"]}
-            state["history"].append(record)
-            best = state["best"]
-            if not run.val or best is None or record["val_macro_f1"] >= best["val_macro_f1"]:  # ties: the later epoch
-                state["best"] = record
-                if ranks.rank == 0:
-                    _save_weights(folder / "best.safetensors", model)
-            state["epoch"], state["batch"], state["losses"] = epoch + 1, 0, []
-            loop.save(state)
-            log.info("%s epoch %d/%d: %s", run.name, epoch + 1, config.epochs,
-                     ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
+    for epoch in range(state["epoch"], config.epochs):
+        _train_epoch(run, loop, state, epoch, stop)
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(state["losses"]))}
+        if run.val:
+            val = evaluate(model, run.val, phases, config, device, ranks)["clip"]
+            record |= {"val_top1": val["top1"], "val_macro_f1": val["macro_f1"]}
+        state["history"].append(record)
+        best = state["best"]
+        if not run.val or best is None or record["val_macro_f1"] >= best["val_macro_f1"]:  # ties: the later epoch
+            state["best"] = record
+            if ranks.rank == 0:
+                _save_weights(folder / "best.safetensors", model)
+        state["epoch"], state["batch"], state["losses"] = epoch + 1, 0, []
+        loop.save(state)
+        log.info("%s epoch %d/%d: %s", run.name, epoch + 1, config.epochs,
+                 ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
     barrier()  # rank 0 has written the selected weights
     model.load_state_dict(load_file(str(folder / "best.safetensors"), device=str(device)))
     result = {"identity": identity, "name": run.name, "history": state["history"], "selected_epoch": state["best"]["epoch"],
