@@ -176,7 +176,8 @@ HELD_OUT = "Lens Implantation"
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory) -> dict:
     """Synthetic surgeries: training cases never show HELD_OUT, test cases do; generated videos add it."""
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # restored below: later tests compare in-process runs with subprocesses
     root = tmp_path_factory.mktemp("downstream")
     seen = [p for p in PHASES if p != HELD_OUT]
     cases = {f"case_{i}": seen for i in range(1, 7)} | {f"case_{i}": list(PHASES) for i in range(7, 10)}
@@ -197,7 +198,10 @@ def experiment(tmp_path_factory) -> dict:
             "--synthetic", str(root / "gen"), "--out", str(root / "out"), "--splits", str(root / "splits.csv"),
             "--model", "mvit_v2_tiny", "--clip-frames", "8", "--clip-size", "32", "--clip-fps", "4",
             "--clips-per-segment", "2", "--epochs", "12", "--batch-size", "8", "--lr", "2e-3", "--workers", "0"]
-    code = main(args)
+    try:
+        code = main(args)
+    finally:
+        torch.set_num_threads(threads)
     return {"root": root, "out": root / "out", "args": args, "code": code,
             "result": json.loads((root / "out" / "results.json").read_text())}
 
