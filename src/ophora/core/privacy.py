@@ -36,7 +36,8 @@ class PrivacyConfig:
 
     backend: str = option("ocr", "ocr: PP-OCRv4 text detector + static-overlay check; vlm: an OpenAI-compatible VLM "
                           "endpoint", flag="--privacy", choices=BACKENDS)
-    frames: int = 2  # frames per clip for the text detector or the VLM
+    frames: int = 30  # most text-detector frames per clip (curate offers one per second; spread evenly beyond)
+    vlm_frames: int = 4  # frames per clip sent to the VLM, spread evenly over those offered
     ocr_long_side: int = 640
     min_text_area: float = 0.0005
     min_text_boxes: int = 1
@@ -48,6 +49,8 @@ class PrivacyConfig:
     overlay_min_motion: float = 2.0  # mean temporal std (grey levels) the view needs for the check to apply
     min_box_aspect: float = 2.0  # a text line's length over its height
     max_text_height: float = 0.15  # a text line's height over the frame's
+    min_stroke_transitions: float = 0.6  # dark/light changes along a line's rows per pixel of its height
+    min_fixed_iou: float = 0.7  # a line at the same place in another detector frame is burned in
     vlm_url: str | None = option(None, "e.g. http://localhost:8001/v1 (key from OPHORA_LLM_API_KEY)")
     vlm_model: str | None = option(None, "e.g. Qwen/Qwen2.5-VL-72B-Instruct, as the server names it")
     vlm_timeout: float = 60.0
@@ -85,17 +88,48 @@ def _is_text_line(box: np.ndarray, frame_height: int, config: PrivacyConfig) -> 
     return long >= config.min_box_aspect * max(short, 1.0) and short <= config.max_text_height * frame_height
 
 
+def stroke_transitions(grey: np.ndarray, box: np.ndarray) -> float:
+    """Dark/light changes along the rows of a box (Otsu split), per row and per pixel of the box's height.
+
+    Letters put several strokes into every row of a line (about 1 or more per pixel of height); a specular
+    reflex, a row of bubbles or an instrument edge the detector takes for a line has one or two.
+    """
+    x, y, w, h = cv2.boundingRect(box.astype(np.int32))
+    crop = grey[max(y, 0):y + h, max(x, 0):x + w]
+    if crop.size == 0 or crop.min() == crop.max():
+        return 0.0
+    _, ink = cv2.threshold(crop, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(np.abs(np.diff(ink.astype(np.int8), axis=1)).sum(axis=1).mean() / max(h, 1))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    ax, ay, aw, ah = cv2.boundingRect(a.astype(np.int32))
+    bx, by, bw, bh = cv2.boundingRect(b.astype(np.int32))
+    inter = max(0, min(ax + aw, bx + bw) - max(ax, bx)) * max(0, min(ay + ah, by + bh) - max(ay, by))
+    return inter / max(aw * ah + bw * bh - inter, 1)
+
+
 def text_scores(frames: list[np.ndarray], config: PrivacyConfig) -> dict[str, float]:
-    """Largest fraction of a frame covered by detected text boxes, and the most boxes in one frame."""
+    """Largest fraction of a frame covered by text lines, and the most lines in one frame.
+
+    A detected box is a text line when it has a line's shape (`_is_text_line`) and either the stroke texture of
+    letters (`stroke_transitions`) or stays at the same place in another of the clip's frames (burned in, while
+    reflexes and bubbles move with the view).
+    """
     engine = text_detector(config.threads, config.ocr_long_side)
-    area, boxes = 0.0, 0
+    lines = []
     for frame in frames:
         found, _ = engine(frame, use_det=True, use_cls=False, use_rec=False)
-        found = [b for b in found or [] if _is_text_line(np.asarray(b, np.float32), frame.shape[0], config)]
-        covered = sum(cv2.contourArea(np.asarray(b, np.float32)) for b in found)
-        area = max(area, covered / (frame.shape[0] * frame.shape[1]))
-        boxes = max(boxes, len(found))
-    return {"text_area": area, "text_boxes": float(boxes)}
+        boxes = [np.asarray(b, np.float32) for b in found or []]
+        lines.append([b for b in boxes if _is_text_line(b, frame.shape[0], config)])
+    area, count = 0.0, 0
+    for i, frame in enumerate(frames):
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        text = [b for b in lines[i] if stroke_transitions(grey, b) >= config.min_stroke_transitions
+                or any(_iou(b, o) >= config.min_fixed_iou for j, other in enumerate(lines) if j != i for o in other)]
+        area = max(area, sum(cv2.contourArea(b) for b in text) / (frame.shape[0] * frame.shape[1]))
+        count = max(count, len(text))
+    return {"text_area": area, "text_boxes": float(count)}
 
 
 def overlay_score(greys: np.ndarray, config: PrivacyConfig) -> float:
@@ -156,7 +190,8 @@ def privacy_scores(frames: list[np.ndarray], greys: np.ndarray, config: PrivacyC
     if config.backend == "ocr" and config.overlay:
         scores["overlay_area"] = overlay_score(greys, config)
     if config.backend == "vlm" and frames:
-        scores["vlm_flag"] = vlm_flag(frames, config)
+        picked = np.linspace(0, len(frames) - 1, min(config.vlm_frames, len(frames))).round().astype(int)
+        scores["vlm_flag"] = vlm_flag([frames[i] for i in picked], config)
     return scores
 
 

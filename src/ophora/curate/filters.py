@@ -141,7 +141,10 @@ def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: i
             bgr = _rotate(_small(frame, ocr_size, "bgr24"), rotation)
             scan.ocr_times.append(t)
             scan.ocr_frames.append(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
-            next_ocr = t + config.ocr_interval
+            # on a regular grid (not from this frame's time): text shown for one interval is sampled (to a decoded frame)
+            next_ocr += config.ocr_interval
+            if next_ocr <= t:
+                next_ocr = t + config.ocr_interval
     if scan is None:
         raise MediaError(f"{path} holds no decodable frames")
     scan.last_time = times[-1]
