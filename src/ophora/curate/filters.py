@@ -141,7 +141,7 @@ def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: i
             bgr = _rotate(_small(frame, ocr_size, "bgr24"), rotation)
             scan.ocr_times.append(t)
             scan.ocr_frames.append(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
-            # on a regular grid (not from this frame's time): text shown for one interval is sampled (to a decoded frame)
+            # on a regular grid, not from this frame's time: text shown for one interval is sampled
             next_ocr += config.ocr_interval
             if next_ocr <= t:
                 next_ocr = t + config.ocr_interval
