@@ -9,7 +9,8 @@ exit code 128 + the signal number: 130 for SIGINT, 143 for SIGTERM.
 
 Worker processes call `die_with_parent` first: they ignore SIGINT/SIGTERM (a Ctrl-C reaches the terminal's
 whole process group; the parent decides when workers stop) and are killed by the kernel when their parent
-dies, however it dies (SIGKILL included; Linux `prctl(PR_SET_PDEATHSIG)`).
+dies, however it dies (SIGKILL included; Linux `prctl(PR_SET_PDEATHSIG)`). Processes a library starts (a local
+Ray) start inside `starting_helpers`, and `core/reaper.py` ends them with this process.
 """
 
 from __future__ import annotations
@@ -80,8 +81,23 @@ def _handlers(handler) -> Iterator[None]:
             signal.signal(s, old)
 
 
+_last_signal = signal.SIGINT  # the last signal one of the handlers here got
+
+
+def _received(signum: int) -> None:
+    global _last_signal
+    _last_signal = signum
+
+
 def _raise(signum: int, frame) -> None:
+    _received(signum)
     raise Interrupted(signum)
+
+
+def as_interrupted(exc: KeyboardInterrupt) -> Interrupted:
+    """`exc` as an `Interrupted`: a bare KeyboardInterrupt (Ray's blocking calls turn the `Interrupted` a handler here
+    raised into one) becomes one by the last signal these handlers got."""
+    return exc if isinstance(exc, Interrupted) else Interrupted(_last_signal)
 
 
 @contextlib.contextmanager
@@ -113,6 +129,7 @@ def stop_requests(what: str, at_once: bool = False) -> Iterator[StopFlag]:
     flag = StopFlag()
 
     def handler(signum: int, frame) -> None:
+        _received(signum)
         if at_once or flag.requested:
             raise Interrupted(signum)
         flag.signum = signum
@@ -121,6 +138,30 @@ def stop_requests(what: str, at_once: bool = False) -> Iterator[StopFlag]:
 
     with _handlers(handler):
         yield flag
+
+
+@contextlib.contextmanager
+def starting_helpers() -> Iterator[None]:
+    """Around a library call that starts long-lived helper processes and must not be cut short (`ray.init`).
+
+    SIGINT/SIGTERM are held during the block and re-sent to this process after it (to the handlers in place
+    before it: handlers the call installs are undone); the helpers start with SIGINT blocked, so the terminal's
+    Ctrl-C (sent to the whole process group) leaves them to this process.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGINT the mask held is delivered now
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)
 
 
 def die_with_parent(parent: int) -> None:

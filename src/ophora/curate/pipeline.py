@@ -357,18 +357,35 @@ def run_ray(jobs: list[SourceJob], config: CurateConfig):
         import ray
     except ImportError:
         raise ConfigError("--engine ray needs Ray: pip install 'ophora[ray]'") from None
-    if not ray.is_initialized():  # a local Ray started here shares this process's fate (Ray kills it with us)
-        ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=False)
-    task = ray.remote(num_cpus=1)(process_source)
-    pending = [task.remote(job, config) for job in jobs]
-    try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=0.5)  # a timeout lets signal handlers run
-            if done:
-                yield ray.get(done[0])
-    finally:
-        for ref in pending:  # an interruption: the tasks not finished are cancelled, their workers killed
-            ray.cancel(ref, force=True)
+    import signal
+    from unittest import mock
+
+    from ophora.core.reaper import reaped_children
+    from ophora.core.signals import as_interrupted, starting_helpers
+
+    with contextlib.ExitStack() as local:
+        if not ray.is_initialized():  # a local Ray started here ends with this run, however it ends
+            local.enter_context(reaped_children())
+            local.callback(ray.shutdown)
+            # ray.init must not be cut short (a driver stopped inside it aborts at exit): signals wait for its end,
+            # and its own SIGTERM handler (sys.exit, from inside ray.init) is not installed
+            with starting_helpers(), mock.patch.object(ray._private.utils, "set_sigterm_handler", lambda handler: None):
+                ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=False)
+                signal.alarm(0)  # Ray's C++ SIGTERM handler, if a SIGTERM came meanwhile, armed an alarm that aborts
+        task = ray.remote(num_cpus=1)(process_source)
+        pending = [task.remote(job, config) for job in jobs]
+        try:
+            while pending:
+                try:
+                    done, pending = ray.wait(pending, num_returns=1, timeout=0.5)  # a timeout lets handlers run
+                    record = ray.get(done[0]) if done else None
+                except KeyboardInterrupt as exc:  # Ray re-raises our handler's Interrupted as a bare one
+                    raise as_interrupted(exc) from None
+                if record is not None:
+                    yield record
+        finally:
+            for ref in pending:  # an interruption: the tasks not finished are cancelled, their workers killed
+                ray.cancel(ref, force=True)
 
 
 # ------------------------------------------------------------------------------------------- stage 5: outputs
