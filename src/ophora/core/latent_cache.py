@@ -18,6 +18,7 @@ the base model's), and refused for any other (core/models.py: `encoder_fingerpri
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -30,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ophora.core.errors import InputError
-from ophora.core.files import atomic_path, write_csv
+from ophora.core.files import NAME_MAX, PARTIAL, atomic_path, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,20 @@ CACHE_FORMAT = 1
 INDEX_COLUMNS = ["clip id", "file", "instruction", "frames", "height", "width", "latent shape"]
 INFO_KEYS = ("format", "model", "encoder_fingerprint", "vae_scaling_factor", "latent_shapes", "frames")
 TENSORS = ("latent_mean", "latent_logvar", "prompt_embeds")
+CLIP_SUFFIX = ".safetensors"
 REBUILD = "rerun the `ophora prepare` that made the cache (same dataset, --model and --out) to rebuild it"
 
 
 def clip_file(cache: Path, clip_id: str) -> Path:
-    return cache / "clips" / f"{clip_id}.safetensors"
+    """`clips/<clip id>.safetensors`; when that name would pass the file-system limit (ids of up to NAME_MAX
+    bytes are valid), the id's longest prefix that fits, `~` and a hash of the whole id. Readers take the file
+    from index.csv, and the index takes each file's clip id from the file's metadata."""
+    name = f"{clip_id}{CLIP_SUFFIX}"
+    if len(name.encode()) <= NAME_MAX:
+        return cache / "clips" / name
+    tail = f"~{hashlib.sha256(clip_id.encode()).hexdigest()[:16]}{CLIP_SUFFIX}"
+    prefix = clip_id.encode()[:NAME_MAX - len(tail)].decode(errors="ignore")  # no character cut in half
+    return cache / "clips" / f"{prefix}{tail}"
 
 
 def save_clip(cache: Path, clip_id: str, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
@@ -156,8 +166,8 @@ def intact_entries(cache: Path, entries: list[CacheEntry]) -> tuple[list[CacheEn
 def write_index(cache: Path) -> list[dict]:
     """Scan the clip files and write index.csv (sorted by clip id); returns its rows. Damaged files are left out."""
     rows = []
-    for path in sorted((cache / "clips").glob("*.safetensors")):
-        if path.name.startswith("."):
+    for path in sorted((cache / "clips").glob(f"*{CLIP_SUFFIX}")):
+        if path.name.startswith(".") and PARTIAL in path.name:  # a file being written (an id may start with a dot)
             continue
         problem = clip_problem(path)
         if problem:
