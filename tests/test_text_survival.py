@@ -70,4 +70,4 @@ def test_one_bad_whisper_segment_skips_only_itself(tmp_path, bad, caplog):
     path = tmp_path / "talk.json"
     path.write_text(json.dumps({"segments": [good[0], bad, good[1]]}), encoding="utf-8")
     assert read_subtitles(path) == [Cue(0.0, 2.0, "Incise."), Cue(4.0, 6.0, "Inject.")]
-    assert "skipped 1 of 3 segments" in caplog.text
+    assert f"{path}: skipped 1 of 3 segments" in caplog.text and "(number 2)" in caplog.text  # the file and segment

@@ -105,25 +105,27 @@ def parse_vtt(text: str) -> list[Cue]:
     return normalize_cues(cues)
 
 
-def parse_whisper_json(text: str) -> list[Cue]:
+def parse_whisper_json(text: str, name: str = "transcript") -> list[Cue]:
     """Whisper-style transcript: `{"segments": [{"start", "end", "text"}, ...]}` or a bare list of those.
 
-    A segment without finite numeric start/end or without text (`"text": null`) is skipped with a warning;
-    the others are kept.
+    A segment without finite numeric start/end or without text (`"text": null`) is skipped with a warning naming
+    `name` (the sidecar file) and the segments; the others are kept.
     """
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         detail = exc if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        raise MediaError(f"transcript is not valid JSON: {detail}") from None
+        raise MediaError(f"{name} is not valid JSON: {detail}") from None
     segments = data.get("segments") if isinstance(data, dict) else data
     if not isinstance(segments, list):
-        raise MediaError("transcript JSON has no `segments` list")
-    cues = [cue for cue in map(_segment_cue, segments) if cue is not None]
-    skipped = len(segments) - len(cues)
+        raise MediaError(f"{name} has no `segments` list")
+    parsed = [_segment_cue(seg) for seg in segments]
+    skipped = [n for n, cue in enumerate(parsed, 1) if cue is None]
     if skipped:
-        log.warning("transcript: skipped %d of %d segments without numeric start/end and text", skipped, len(segments))
-    return normalize_cues(cues)
+        shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+        log.warning("%s: skipped %d of %d segments without numeric start/end and text (number %s)", name,
+                    len(skipped), len(segments), shown)
+    return normalize_cues([cue for cue in parsed if cue is not None])
 
 
 def _segment_cue(seg) -> Cue | None:
@@ -156,7 +158,8 @@ def read_subtitles(path: str | Path) -> list[Cue]:
         text = decode_text(path.read_bytes())
     except OSError as exc:
         raise MediaError(f"cannot read subtitles {path}: {exc}") from None
-    parser = {".srt": parse_srt, ".vtt": parse_vtt, ".json": parse_whisper_json}.get(path.suffix.lower())
+    parser = {".srt": parse_srt, ".vtt": parse_vtt, ".json": lambda t: parse_whisper_json(t, str(path))}.get(
+        path.suffix.lower())
     if parser is None:
         raise MediaError(f"unknown subtitle format {path.suffix!r} for {path}; use .srt, .vtt or .json")
     return parser(text)
