@@ -50,7 +50,8 @@ class PrivacyConfig:
     min_box_aspect: float = 2.0  # a text line's length over its height
     max_text_height: float = 0.15  # a text line's height over the frame's
     min_stroke_transitions: float = 0.6  # dark/light changes along a line's rows per pixel of its height
-    min_fixed_iou: float = 0.7  # a line at the same place in another detector frame is burned in
+    min_fixed_iou: float = 0.7  # a line at the same place (this overlap) in other detector frames is burned in
+    min_fixed_frames: int = 2  # ... in at least this many other frames (a light reflex may hold still for one)
     vlm_url: str | None = option(None, "e.g. http://localhost:8001/v1 (key from OPHORA_LLM_API_KEY)")
     vlm_model: str | None = option(None, "e.g. Qwen/Qwen2.5-VL-72B-Instruct, as the server names it")
     vlm_timeout: float = 60.0
@@ -109,11 +110,16 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / max(aw * ah + bw * bh - inter, 1)
 
 
+def _fixed_in(box: np.ndarray, frames: list[list[np.ndarray]], config: PrivacyConfig) -> int:
+    """In how many of `frames` (their text lines) a line covers the same place as `box`."""
+    return sum(any(_iou(box, other) >= config.min_fixed_iou for other in lines) for lines in frames)
+
+
 def text_scores(frames: list[np.ndarray], config: PrivacyConfig) -> dict[str, float]:
     """Largest fraction of a frame covered by text lines, and the most lines in one frame.
 
     A detected box is a text line when it has a line's shape (`_is_text_line`) and either the stroke texture of
-    letters (`stroke_transitions`) or stays at the same place in another of the clip's frames (burned in, while
+    letters (`stroke_transitions`) or stays at the same place in two more of the clip's frames (burned in, while
     reflexes and bubbles move with the view).
     """
     engine = text_detector(config.threads, config.ocr_long_side)
@@ -125,8 +131,9 @@ def text_scores(frames: list[np.ndarray], config: PrivacyConfig) -> dict[str, fl
     area, count = 0.0, 0
     for i, frame in enumerate(frames):
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        others = [other for j, other in enumerate(lines) if j != i]
         text = [b for b in lines[i] if stroke_transitions(grey, b) >= config.min_stroke_transitions
-                or any(_iou(b, o) >= config.min_fixed_iou for j, other in enumerate(lines) if j != i for o in other)]
+                or _fixed_in(b, others, config) >= config.min_fixed_frames]
         area = max(area, sum(cv2.contourArea(b) for b in text) / (frame.shape[0] * frame.shape[1]))
         count = max(count, len(text))
     return {"text_area": area, "text_boxes": float(count)}
