@@ -140,8 +140,6 @@ def test_vlm_backend_answers_errors_timeouts_and_garbage(chat_server, monkeypatc
 
 # ---------------------------------------------------------------------------------------------- real-frame set
 
-@pytest.mark.xfail(strict=True, reason="a row of ring-shaped air bubbles still passes the stroke-texture check "
-                   "(issue 10, point 3, open)")
 def test_real_frame_overlays_of_one_second_are_caught_and_bubbles_and_glints_are_not(real_data, tmp_path):
     """A few clips of the real-frame privacy set (benchmarks/privacy_real.py measures all of it): text shown for
     one second, small corner text and semi-transparent text are flagged; clean twins with a row of air bubbles or
