@@ -4,24 +4,40 @@ A checkpoint `checkpoints/step-NNNNNNN/` is accelerate's `save_state` (model wei
 and RNG states as torch files that are only ever loaded with `weights_only=True`) plus `state.json`: step,
 data position, skipped steps and the LR schedule's state. Nothing is registered with accelerate's
 `register_for_checkpointing` (it unpickles `custom_checkpoint_*.pkl` fully), and a checkpoint holding such a
-file is not loaded. A checkpoint is written under a temporary name and renamed, so one that exists is complete;
-one damaged afterwards is skipped with a warning and the previous one is used.
+file is not loaded. Under DeepSpeed, whose own files (`pytorch_model/*.pt`: weights, ZeRO optimizer shards) DeepSpeed
+unpickles fully, a checkpoint holding a file that names anything beyond tensors, plain data and DeepSpeed's own
+data classes (`DEEPSPEED_DATA`) is not loaded, and every file is then loaded weights-only anyway. A checkpoint is
+written under a temporary name and renamed, so one that exists is complete; one damaged afterwards is skipped
+with a warning and the previous one is used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import json
 import logging
+import pickle
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
+
+import torch
 
 from ophora.core.errors import InputError
 from ophora.core.files import claim_folder, read_json, replace_dir, temp_dir, write_text
 from ophora.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+# Classes in DeepSpeed's checkpoint files that are plain data (the ZeRO stage, a parameter fragment's offsets, the
+# loss scale): the weights-only unpickler rebuilds them from their fields, running none of their code.
+DEEPSPEED_DATA = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.utils.tensor_fragment.fragment_address",
+                  "deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler")
+TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip format, a bare pickle
 
 
 @dataclass
@@ -86,13 +102,65 @@ def read_state(folder: Path) -> tuple[TrainState, dict | None]:
     return TrainState(**{k: data[k] for k in fields}), schedule
 
 
+def _deepspeed_data() -> list[type]:
+    """The classes of DEEPSPEED_DATA that the DeepSpeed in use has (none when DeepSpeed is not in use)."""
+    found = []
+    if "deepspeed" not in sys.modules:  # accelerate has imported it when it runs DeepSpeed
+        return found
+    for name in DEEPSPEED_DATA:
+        module, _, attr = name.rpartition(".")
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(getattr(importlib.import_module(module), attr))
+    return found
+
+
+def _refused_pickle(folder: Path) -> str:
+    """The first of DeepSpeed's files in a checkpoint (those in its subfolders) that the weights-only unpickler,
+    DeepSpeed's data classes allowed, would refuse, with what it names; '' when there is none. Nothing is unpickled:
+    torch reads the pickles' opcodes (a file in another format is left to the weights-only load)."""
+    with torch.serialization.safe_globals(_deepspeed_data()):
+        for path in sorted(p for p in folder.glob("*/**/*") if p.is_file()):
+            with path.open("rb") as f:
+                head = f.read(4)
+            if not head.startswith(TORCH_FILE_MAGIC):
+                continue
+            try:
+                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            except Exception:  # not the zip format: the weights-only load below decides
+                continue
+            if unsafe:
+                return f"{path.relative_to(folder)} (it names {', '.join(unsafe[:3])})"
+    return ""
+
+
+@contextlib.contextmanager
+def _weights_only_loads():
+    """Every `torch.load` in the block is weights-only, whatever its caller asks (DeepSpeed asks for full
+    unpickling), with DeepSpeed's data classes allowed."""
+    load = torch.load
+
+    def weights_only_load(*args, **kwargs):
+        return load(*args, **{**kwargs, "weights_only": True})
+
+    with torch.serialization.safe_globals(_deepspeed_data()), mock.patch.object(torch, "load", weights_only_load):
+        yield
+
+
 def _load(accelerator, folder: Path, lr_scheduler) -> TrainState:
     state, schedule = read_state(folder)
     pickles = sorted(p.name for p in folder.glob("custom_checkpoint_*.pkl"))
     if pickles:
         raise InputError(f"it holds {pickles[0]}, a pickle ophora never loads (an older ophora's LR schedule: "
                          "delete the file to resume from this checkpoint)")
-    accelerator.load_state(str(folder), load_kwargs={"weights_only": True})
+    refused = _refused_pickle(folder)
+    if refused:
+        raise InputError(f"it holds {refused}, which DeepSpeed would unpickle fully and ophora loads only weights-only "
+                         "(a file planted in the run folder, or a DeepSpeed version that saves other classes)")
+    try:
+        with _weights_only_loads():
+            accelerator.load_state(str(folder), load_kwargs={"weights_only": True})
+    except pickle.UnpicklingError as exc:  # torch's weights-only unpickler refused a file
+        raise InputError(f"a file of it cannot be loaded weights-only ({str(exc).splitlines()[0][:200]})") from None
     if schedule is not None:
         lr_scheduler.load_state_dict(schedule)
     else:  # a checkpoint without the schedule's state: the schedule depends only on the step
