@@ -369,7 +369,8 @@ def run_ray(jobs: list[SourceJob], config: CurateConfig):
             local.callback(ray.shutdown)
             # ray.init must not be cut short (a driver stopped inside it aborts at exit): signals wait for its end,
             # and its own SIGTERM handler (sys.exit, from inside ray.init) is not installed
-            with starting_helpers(), mock.patch.object(ray._private.utils, "set_sigterm_handler", lambda handler: None):
+            with starting_helpers(), mock.patch.object(ray._private.utils, "set_sigterm_handler", lambda handler: None,
+                                                       create=True):
                 ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=False)
                 signal.alarm(0)  # Ray's C++ SIGTERM handler, if a SIGTERM came meanwhile, armed an alarm that aborts
         task = ray.remote(num_cpus=1)(process_source)
