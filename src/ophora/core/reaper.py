@@ -100,6 +100,7 @@ def reaped_children() -> Iterator[None]:
     finally:
         watcher.stdin.close()
         watcher.wait()
+        watcher.stdout.close()
 
 
 if __name__ == "__main__":
