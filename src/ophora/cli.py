@@ -19,7 +19,7 @@ from pathlib import Path
 from ophora.core.config import add_options, from_args, option
 from ophora.core.files import check_output_folder
 from ophora.core.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, LOG_FILE, OphoraError
-from ophora.core.signals import Interrupted, exit_on_signals, ignore_signals, signals_ignored
+from ophora.core.signals import Interrupted, exit_on_signals, ignore_signals, kill_workers, signals_ignored
 
 log = logging.getLogger("ophora")
 
@@ -271,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         if log_file is not None:
             logging.getLogger().removeHandler(log_file)
             log_file.close()
+        if argv is None:  # the `ophora` process, which exits now: no worker may hold it up
+            kill_workers()
 
 
 # The file system refused a write that the up-front checks could not foresee (a disk filling up during the run).

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -162,6 +163,29 @@ def starting_helpers() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGINT the mask held is delivered now
         for signum in dict.fromkeys(held):
             signal.raise_signal(signum)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back for the block (main thread): they arrive when it ends. Processes forked inside it
+    start with them blocked, so none can stop a worker before its `die_with_parent` ignores them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+def kill_workers() -> None:
+    """Kill this process's multiprocessing workers, when it exits: they ignore the SIGTERM with which the interpreter's
+    exit stops them and would be waited for forever (a loader whose iterator an interruption left behind)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's loader would raise on its workers' deaths
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(5)
 
 
 def die_with_parent(parent: int) -> None:

@@ -9,12 +9,14 @@ so an interrupted extraction resumes at the next video and a changed plan re-ext
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from safetensors.torch import save_file
 from ophora.core.errors import MediaError
 from ophora.core.files import atomic_path
 from ophora.core.media import iter_frames
-from ophora.core.signals import die_with_parent
+from ophora.core.signals import die_with_parent, signals_deferred
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)  # the normalisation of torchvision's Kinetics-400 video models
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
@@ -167,6 +169,22 @@ def epoch_order(count: int, seed: int) -> list[int]:
 
 def _worker_init(parent: int, worker: int) -> None:
     die_with_parent(parent)
+
+
+@contextlib.contextmanager
+def loading(loader: torch.utils.data.DataLoader) -> Iterator[Iterator]:
+    """The loader's batches. Its workers are forked with SIGINT/SIGTERM held back (core/signals.py) and shut down
+    when the block ends, however it ends: left to the interpreter's exit, they would outlive it (they ignore the
+    SIGTERM it sends them), and a signal inside a later `__del__` could not be handled."""
+    with signals_deferred():
+        batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        with signals_deferred():
+            shutdown = getattr(batches, "_shutdown_workers", None)  # torch's, for loaders with worker processes
+            if shutdown:
+                shutdown()
 
 
 def batches_of(indices: list[int], size: int) -> list[list[int]]:

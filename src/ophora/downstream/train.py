@@ -29,6 +29,7 @@ from ophora.downstream.clips import (
     ClipDataset,
     batches_of,
     epoch_order,
+    loading,
     make_loader,
     normalise,
 )
@@ -86,8 +87,8 @@ def predict(model: torch.nn.Module, items: list[Item], config: DownstreamConfig,
                          device.type == "cuda")
     model.eval()
     out = []
-    with torch.no_grad():
-        for clips, _ in loader:
+    with torch.no_grad(), loading(loader) as batches:
+        for clips, _ in batches:
             with _autocast(device, config.amp):
                 logits = model(normalise(clips.to(device, non_blocking=True)))
             out.append(torch.softmax(logits.float(), 1).cpu())
@@ -162,7 +163,6 @@ def _train_epoch(run: Run, loop: Loop, state: dict, epoch: int, stop) -> None:
     mine = own_shards(loop.shards, ranks)
     loader = make_loader(_dataset(run.train), [shards[s] for shards in steps.values() for s in mine if shards[s]],
                          config.worker_count(), loop.device.type == "cuda")
-    batches = iter(loader)
     norms = NormStatistics(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
@@ -170,7 +170,7 @@ def _train_epoch(run: Run, loop: Loop, state: dict, epoch: int, stop) -> None:
     model.train()
     bar = tqdm(steps.items(), desc=f"{run.name} epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
                initial=state["batch"], total=loop.per_epoch, disable=None if ranks.rank == 0 else True)
-    try:
+    with loading(loader) as batches:
         for k, shards in bar:
             for group in loop.optimizer.param_groups:
                 group["lr"] = _lr(state["step"], total, loop.per_epoch, config.lr)
@@ -205,9 +205,6 @@ def _train_epoch(run: Run, loop: Loop, state: dict, epoch: int, stop) -> None:
                 loop.save(state)
                 barrier()
                 raise Interrupted(signum, f"{run.name} saved at epoch {epoch + 1}, batch {state['batch']}")
-    finally:
-        del batches  # the last reference: its workers end now, not at the interpreter's exit (which they would
-        # outlive: they ignore the SIGTERM multiprocessing sends them then)
 
 
 def train_run(run: Run, phases: list[str], config: DownstreamConfig, shards: int, ranks: Ranks, device: torch.device,
