@@ -106,6 +106,17 @@ def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype | None = N
     return pipe.to(device)
 
 
+def state_dict_mismatch(own: dict, given: dict) -> str:
+    """How the tensors of a weights file fail to fit a network's state dict ("" when they fit)."""
+    missing = [k for k in own if k not in given]
+    unexpected = [k for k in given if k not in own]
+    wrong = [k for k in own if k in given and tuple(given[k].shape) != tuple(own[k].shape)]
+    parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+             f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else ""]
+    return ", ".join(p for p in parts if p)
+
+
 # CogVideoX-2b's own video settings: what a pipeline folder without an ophora training record is sampled at.
 COGVIDEOX_VIDEO = {"frames": 49, "height": 480, "width": 720, "fps": 8}
 TRAIN_RECORD = "ophora_train.json"

@@ -17,6 +17,7 @@ from torchvision.models.video import mvit_v2_s, r2plus1d_18
 from torchvision.models.video.mvit import MSBlockConfig, MViT
 
 from ophora.core.errors import ConfigError, ModelError
+from ophora.core.models import state_dict_mismatch
 
 MODELS = ("mvit_v2_s", "r2plus1d_18", "mvit_v2_tiny")
 MVIT_CLIP = (16, 224)  # (frames, size) mvit_v2_s is built for
@@ -72,13 +73,7 @@ def load_backbone(model: nn.Module, name: str, state: dict[str, torch.Tensor], p
     head = HEADS[name]
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
     given = {k: v for k, v in state.items() if not k.startswith(head)}
-    missing = [k for k in own if k not in given]
-    unexpected = [k for k in given if k not in own]
-    wrong = [k for k in own if k in given and given[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-                 f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else ""]
-        raise ModelError(f"--weights {path} does not fit {name} at this clip size: "
-                         f"{', '.join(p for p in parts if p)} (the torchvision Kinetics-400 layout is expected)")
+    if mismatch := state_dict_mismatch(own, given):
+        raise ModelError(f"--weights {path} does not fit {name} at this clip size: {mismatch} (the torchvision "
+                         "Kinetics-400 layout is expected)")
     model.load_state_dict(given, strict=False)

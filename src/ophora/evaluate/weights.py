@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ophora.core.errors import InputError, ModelError
+from ophora.core.models import state_dict_mismatch
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,6 @@ def load_state_dict(path: Path, spec: WeightsFile) -> dict[str, torch.Tensor]:
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, spec: WeightsFile) -> None:
     """Load `state` strictly, naming what does not fit in one line."""
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-                 f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else ""]
-        raise ModelError(f"{spec.flag} {path} is not {spec.name}: its tensors do not fit the network "
-                         f"({', '.join(p for p in parts if p)})")
+    if mismatch := state_dict_mismatch(own, state):
+        raise ModelError(f"{spec.flag} {path} is not {spec.name}: its tensors do not fit the network ({mismatch})")
     module.load_state_dict(state, strict=True)
