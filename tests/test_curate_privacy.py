@@ -170,3 +170,26 @@ def test_detector_frames_are_spread_over_the_whole_clip():
     assert len(picked) == 30 and picked[0][0, 0, 0] == 0 and picked[-1][0, 0, 0] == 39  # first and last second
     assert len(scan.ocr_stack(3.0, 9.0, PrivacyConfig().frames)) == 6  # one per second of a 6-s clip
     assert FilterConfig().ocr_interval == 1.0
+
+
+def test_dark_text_at_the_frame_edge_is_found_by_the_margin_pass(real_data):
+    """Black text on the dark drape at the frame's edge: the whole-frame pass at 640 px misses it, the contrast-
+    normalised, enlarged margin bands find it; the clean twin's margins hold no text line."""
+    from ophora.core.privacy import margin_boxes, text_detector
+    from ophora.synthetic.privacy_clips import PrivacyClip, render_clip
+
+    clip = PrivacyClip("dark", "case_53153_04.png", 21, "timestamp", "top_right", "black", 26, 2.0, seconds=2)
+    clean = PrivacyClip("clean", "case_53153_04.png", 21, seconds=2)
+    config = PrivacyConfig()
+
+    def frames(c):
+        return [cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2BGR), (640, 480), interpolation=cv2.INTER_AREA)
+                for f in render_clip(real_data, c)[::25]]
+
+    dark, plain = frames(clip), frames(clean)
+    engine = text_detector(config.threads, config.ocr_long_side)
+    assert not any(engine(f, use_det=True, use_cls=False, use_rec=False)[0] for f in dark)  # the whole frame: nothing
+    found = [b for f in dark for b in margin_boxes(f, config)]
+    assert found and all(cv2.boundingRect(b.astype(np.int32))[1] < 0.15 * 480 for b in found)  # in the top band
+    assert privacy_reason(privacy_scores(dark, np.zeros((0, 1, 1), np.uint8), config), config) == "text"
+    assert privacy_reason(privacy_scores(plain, np.zeros((0, 1, 1), np.uint8), config), config) == ""

@@ -52,6 +52,9 @@ class PrivacyConfig:
     min_stroke_transitions: float = 0.6  # dark/light changes along a line's rows per pixel of its height
     min_fixed_iou: float = 0.7  # a line at the same place (this overlap) in other detector frames is burned in
     min_fixed_frames: int = 2  # ... in at least this many other frames (a light reflex may hold still for one)
+    margin_band: float = 0.15  # top and bottom bands (share of the height) searched again, contrast-normalised
+    margin_scale: float = 2.0  # ... and enlarged this much (small corner text, dark text on the dark drape)
+    margin_clahe: float = 6.0  # CLAHE clip limit of that contrast normalisation
     vlm_url: str | None = option(None, "e.g. http://localhost:8001/v1 (key from OPHORA_LLM_API_KEY)")
     vlm_model: str | None = option(None, "e.g. Qwen/Qwen2.5-VL-72B-Instruct, as the server names it")
     vlm_timeout: float = 60.0
@@ -115,18 +118,56 @@ def _fixed_in(box: np.ndarray, frames: list[list[np.ndarray]], config: PrivacyCo
     return sum(any(_iou(box, other) >= config.min_fixed_iou for other in lines) for lines in frames)
 
 
+def _detect(engine, image: np.ndarray) -> list[np.ndarray]:
+    found, _ = engine(image, use_det=True, use_cls=False, use_rec=False)
+    return [np.asarray(b, np.float32) for b in found or []]
+
+
+def margin_boxes(frame: np.ndarray, config: PrivacyConfig) -> list[np.ndarray]:
+    """Text boxes (in `frame`'s pixels) found in its top and bottom bands after local contrast normalisation.
+
+    Burned-in captions, logos and timestamps sit at the frame's edges, often small or dark on the dark drape,
+    where the whole-frame pass misses them; the bands are a small share of the frame, so enlarging them is cheap.
+    """
+    h = frame.shape[0]
+    band = int(round(config.margin_band * h))
+    if band < 8 or config.margin_scale <= 0:
+        return []
+    lab = cv2.cvtColor(frame, cv2.COLOR_BGR2LAB)
+    lab[..., 0] = cv2.createCLAHE(clipLimit=config.margin_clahe, tileGridSize=(8, 8)).apply(lab[..., 0])
+    strip = cv2.cvtColor(np.vstack([lab[:band], lab[h - band:]]), cv2.COLOR_LAB2BGR)
+    strip = cv2.resize(strip, None, fx=config.margin_scale, fy=config.margin_scale, interpolation=cv2.INTER_CUBIC)
+    engine = text_detector(config.threads, round(config.ocr_long_side * config.margin_scale))
+    boxes = []
+    for box in _detect(engine, strip):
+        box = box / config.margin_scale
+        top, bottom = float(box[:, 1].min()), float(box[:, 1].max())
+        if bottom <= band:
+            boxes.append(box)
+        elif top >= band:  # the bottom band: back to its place in the frame
+            boxes.append(box + np.float32([0, h - 2 * band]))
+    return boxes  # a box across the seam joins the two bands: not one line of the frame
+
+
+def _new(box: np.ndarray, boxes: list[np.ndarray]) -> bool:
+    """Whether `box`'s centre lies outside all of `boxes` (the margin pass finds the whole-frame pass's lines again)."""
+    centre = tuple(float(v) for v in box.mean(axis=0))
+    return all(cv2.pointPolygonTest(other.reshape(-1, 1, 2), centre, False) < 0 for other in boxes)
+
+
 def text_scores(frames: list[np.ndarray], config: PrivacyConfig) -> dict[str, float]:
     """Largest fraction of a frame covered by text lines, and the most lines in one frame.
 
-    A detected box is a text line when it has a line's shape (`_is_text_line`) and either the stroke texture of
-    letters (`stroke_transitions`) or stays at the same place in two more of the clip's frames (burned in, while
+    Boxes come from the whole frame and from its contrast-normalised, enlarged margins (`margin_boxes`). A box
+    is a text line when it has a line's shape (`_is_text_line`) and either the stroke texture of letters
+    (`stroke_transitions`) or stays at the same place in two more of the clip's frames (burned in, while
     reflexes and bubbles move with the view).
     """
     engine = text_detector(config.threads, config.ocr_long_side)
     lines = []
     for frame in frames:
-        found, _ = engine(frame, use_det=True, use_cls=False, use_rec=False)
-        boxes = [np.asarray(b, np.float32) for b in found or []]
+        boxes = _detect(engine, frame)
+        boxes += [b for b in margin_boxes(frame, config) if _new(b, boxes)]
         lines.append([b for b in boxes if _is_text_line(b, frame.shape[0], config)])
     area, count = 0.0, 0
     for i, frame in enumerate(frames):
