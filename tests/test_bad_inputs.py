@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from ophora import cli
-from ophora.prepare.run import PrepareConfig, prepare
 from ophora.synthetic.narrated_videos import sample_plan, write_narrated_video, write_sidecar
-from test_prepare import SMALL, write_synthetic_dataset
+from test_train import cache, dataset  # noqa: F401  (the shared module fixtures)
 
 LONG_STEM = "a" * 240  # a 240-byte file name stem
 CJK_STEM = "白内障手術" * 16  # 80 CJK characters: 240 bytes of UTF-8
@@ -37,14 +36,6 @@ def narrated(tmp_path_factory) -> Path:
     write_narrated_video(video, folder, fps=15.0, seed=0)
     write_sidecar(video, folder)
     return folder
-
-
-@pytest.fixture(scope="module")
-def cache(tiny_model, tmp_path_factory) -> Path:
-    dataset = write_synthetic_dataset(tmp_path_factory.mktemp("dataset"), bad=False)
-    out = tmp_path_factory.mktemp("cache") / "cache"
-    prepare(PrepareConfig(dataset=dataset, model=str(tiny_model), out=out, **SMALL))
-    return out
 
 
 # ------------------------------------------------------------------------------------------- output paths

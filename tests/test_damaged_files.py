@@ -18,22 +18,10 @@ from ophora.core.errors import ConfigError
 from ophora.core.latent_cache import intact_entries, read_index
 from ophora.prepare.run import PrepareConfig, prepare
 from ophora.train.trainer import train
-from test_prepare import SMALL, write_synthetic_dataset
-from test_train import CONFIGS, losses, tiny_config
+from test_prepare import SMALL
+from test_train import CONFIGS, cache, dataset, losses, tiny_config  # noqa: F401  (shared fixtures)
 
 FAST = ["batch_size=1", "export=false", "checkpoint_every=2"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return write_synthetic_dataset(tmp_path_factory.mktemp("dataset"), bad=False)
-
-
-@pytest.fixture(scope="module")
-def cache(dataset, tiny_model, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cache") / "cache"
-    prepare(PrepareConfig(dataset=dataset, model=str(tiny_model), out=out, **SMALL))
-    return out
 
 
 @pytest.fixture(scope="module")

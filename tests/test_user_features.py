@@ -13,24 +13,15 @@ from safetensors.torch import load_file
 
 from ophora import cli
 from ophora.core.media import read_video, to_uint8, write_video
-from ophora.prepare.run import PrepareConfig, prepare
 from ophora.sample import Generator
 from ophora.train.config import load_config
 from ophora.train.report import write_report
 from ophora.train.trainer import train
-from test_prepare import SMALL, write_synthetic_dataset
+from test_train import cache, dataset  # noqa: F401  (the shared module fixtures)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "ophora" / "configs"
 VIDEO = dict(frames=9, height=32, width=32)
 TRANSFORMER = Path("transformer") / "diffusion_pytorch_model.safetensors"
-
-
-@pytest.fixture(scope="module")
-def cache(tiny_model, tmp_path_factory) -> Path:
-    dataset = write_synthetic_dataset(tmp_path_factory.mktemp("dataset"), bad=False)
-    out = tmp_path_factory.mktemp("cache") / "cache"
-    prepare(PrepareConfig(dataset=dataset, model=str(tiny_model), out=out, **SMALL))
-    return out
 
 
 def run_training(tiny_model, cache, out: Path, *overrides: str) -> Path:
