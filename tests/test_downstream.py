@@ -221,11 +221,10 @@ def test_learns_above_chance_and_generated_videos_teach_the_held_out_phase(exper
     assert real["test"]["segment"]["top1"] >= 0.6
     assert np.mean([real["test"]["segment"]["per_phase"][p]["recall"] for p in seen]) >= 0.8
     assert real["test"]["clip"]["per_phase"][HELD_OUT]["recall"] == 0.0
-    # generated videos of the phase teach it (clip level: two test segments give only two segment votes). How
-    # far varies between runs with the CPU's float rounding (0.25-0.5 of the held-out clips seen here), so the
-    # assertion is the direction: some held-out clips recognised, and no loss of top-1
-    assert mixed["test"]["clip"]["per_phase"][HELD_OUT]["recall"] > 0.0
-    assert mixed["test"]["clip"]["top1"] >= real["test"]["clip"]["top1"]
+    # generated videos of the phase teach it (clip level: two test segments give only two segment votes); over
+    # seeds 0-9 the held-out recall was 0.5-1.0 and top-1 rose from 0.75 to 0.875-1.0
+    assert mixed["test"]["clip"]["per_phase"][HELD_OUT]["recall"] >= 0.5
+    assert mixed["test"]["clip"]["top1"] > real["test"]["clip"]["top1"]
 
 
 def test_bad_rows_are_refused_with_reasons_and_the_run_goes_on(experiment):

@@ -51,13 +51,14 @@ def render_phase(scene: EyeScene, phase: str, t: float, phases: tuple[str, ...] 
 
 
 def _write(path: Path, scene: EyeScene, spans: list[tuple[float, float, str]], fps: float,
-           size: tuple[int, int], phases: tuple[str, ...]) -> None:
-    duration = spans[-1][1]
+           size: tuple[int, int], phases: tuple[str, ...], seed: int) -> None:
+    """Renders `spans` from a seeded moment of the scene's drift, so the time in a video tells nothing of its phase."""
+    duration, offset = spans[-1][1], derived_seed(seed, "offset") % 6000 / 100
     with VideoWriter(path, fps, *size, crf=20, preset="veryfast") as writer:
         for i in range(int(round(duration * fps))):
             t = i / fps
             phase = next((p for a, b, p in spans if a <= t < b), "")
-            writer.write(render_phase(scene, phase, t, phases))
+            writer.write(render_phase(scene, phase, offset + t, phases))
 
 
 def make_phase_cases(out: str | Path, cases: dict[str, list[str]], seconds: float = 2.0, fps: float = 8.0,
@@ -78,9 +79,9 @@ def make_phase_cases(out: str | Path, cases: dict[str, list[str]], seconds: floa
             rows.append([number, phase, first, last, round(first / fps, 3), round(last / fps, 3)])
             t += seconds
         spans.append((t, t + GAP_SECONDS, ""))
-        scene = EyeScene(*size, seed=derived_seed(seed, case) % 10_000)
+        scene_seed = derived_seed(seed, case) % 10_000
         (out / "videos").mkdir(parents=True, exist_ok=True)
-        _write(out / "videos" / f"{case}.mp4", scene, spans, fps, size, phases)
+        _write(out / "videos" / f"{case}.mp4", EyeScene(*size, seed=scene_seed), spans, fps, size, phases, scene_seed)
         folder = out / "annotations" / case
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / f"{case}_annotations_phases.csv", "w", newline="") as f:
@@ -100,9 +101,10 @@ def make_generated_phase_videos(out: str | Path, counts: dict[str, int], seconds
     for phase, count in counts.items():
         clip_id = re.sub(r"[^a-z0-9]+", "_", phase.lower()).strip("_") + "_1"
         for n in range(count):
-            scene = EyeScene(*size, seed=derived_seed(seed, clip_id, n) % 10_000)
+            scene_seed = derived_seed(seed, clip_id, n) % 10_000
             (out / clip_id).mkdir(parents=True, exist_ok=True)
-            _write(out / clip_id / f"{n}.mp4", scene, [(0.0, seconds, phase)], fps, size, phases)
+            _write(out / clip_id / f"{n}.mp4", EyeScene(*size, seed=scene_seed), [(0.0, seconds, phase)], fps, size,
+                   phases, scene_seed)
             rows.append([clip_id, n, f"the {phase.lower()} phase of cataract surgery", f"{clip_id}/{n}.mp4"])
     with open(out / "manifest.csv", "w", newline="") as f:
         csv.writer(f).writerows([["clip id", "n", "prompt", "path"], *rows])
