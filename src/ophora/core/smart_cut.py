@@ -155,11 +155,15 @@ def _plan(packets: list, tb: Fraction, base: int, start: float, end: float, leng
 
 
 def _decode(ctx, packets: list, lo_pts: int, hi_pts: int, full_from: int = 0) -> list:
-    """Frames shown in [lo_pts, hi_pts) from decoding `packets` (reference frames only before `full_from`)."""
+    """Frames shown in [lo_pts, hi_pts) from decoding `packets`.
+
+    Packets before index `full_from`, or showing a frame outside the range, are decoded only when other
+    frames refer to them (a non-reference frame outside the range would be thrown away)."""
     ctx.flush_buffers()
     frames = []
     for i, packet in enumerate([*packets, None]):
-        ctx.skip_frame = "NONREF" if i < full_from else "DEFAULT"
+        needed = packet is None or (i >= full_from and lo_pts <= packet.pts < hi_pts)
+        ctx.skip_frame = "DEFAULT" if needed else "NONREF"
         for frame in ctx.decode(packet):
             if frame.pts is not None and lo_pts <= frame.pts < hi_pts:
                 frames.append(frame)
