@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ophora.core.config import option
 from ophora.core.errors import ConfigError, InputError
+from ophora.sample.cache_spec import MODES as CACHE_MODES
+from ophora.sample.cache_spec import NEEDS_WHOLE_CFG_BATCH, CacheSpec
 
 DTYPES = ("bf16", "fp16", "fp32")
 AUTHOR_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
@@ -50,8 +52,23 @@ class SampleConfig:
     attention: str = option("auto", "attention kernel: auto = FlashAttention-3 (fa3-fwd package) on Hopper GPUs, else "
                             "PyTorch SDPA; fa3 and sdpa are exact; fp8 (FA3 with FP8 operands, per-head scales) is "
                             "faster and inexact", choices=("auto", "fa3", "sdpa", "fp8"))
-    compile: bool = option(False, "torch.compile the repeated transformer block on GPU (faster steps; the first video "
-                                  "pays about a minute of compiling, cached on disk for later runs)")
+    compile: bool | None = option(None, "torch.compile the repeated transformer block (default: on with a CUDA GPU, "
+                                         "off on the CPU): faster steps, exact up to bf16 rounding; the first video "
+                                         "pays the compiling (its time is logged), later runs load it from the "
+                                         "on-disk cache")
+    cache: str = option("none", "step caching, faster and inexact (see docs/sample.md): fixed = ophora's fixed "
+                                "schedule (skipped steps known in advance), fbc = First Block Cache, taylorseer, pab = "
+                                "Pyramid Attention Broadcast, fastercache (diffusers' hooks)", choices=CACHE_MODES,
+                        group="step caching")
+    cache_interval: int | None = option(None, "fixed/taylorseer: run the blocks every N-th step after the warm-up "
+                                              "(default 3/5); pab/fastercache: compute attention every N-th step "
+                                              "(default 2)", group="step caching")
+    cache_warmup: int | None = option(None, "fixed/taylorseer: the first N steps always run (default 5/3)",
+                                      group="step caching")
+    cache_order: int | None = option(None, "fixed: 0 reuses the block residual, 1 extrapolates it linearly "
+                                           "(default 1); taylorseer: Taylor order (default 1)", group="step caching")
+    cache_threshold: float | None = option(None, "fbc: skip while the first block's residual changes less than "
+                                                 "this (default 0.05)", group="step caching")
     fuse_qkv: bool | None = option(None, "fuse the attention projections (default: on GPU)", cli=False)
     step_progress: bool | None = option(None, "a progress bar over the denoising steps of each video (default: on "
                                               "GPU, where one video takes minutes)")
@@ -81,6 +98,20 @@ class SampleConfig:
             raise InputError(f"LoRA weights not found: {self.lora}")
         if self.frames is not None:
             check_video_shape(self.frames, self.height or 16, self.width or 16, self.fps or 1)
+        if self.cache not in CACHE_MODES:
+            raise ConfigError(f"--cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
+        problems = self.cache_spec.problems()
+        if problems:
+            raise ConfigError(problems[0])
+        if self.cfg_parallel and self.cache in NEEDS_WHOLE_CFG_BATCH:
+            raise ConfigError(f"--cache {self.cache} decides from the whole CFG batch, which --cfg-parallel splits "
+                              "over two ranks; use --cache fixed, taylorseer or pab with --cfg-parallel")
+
+    @property
+    def cache_spec(self) -> CacheSpec:
+        """The step-cache mode with its parameters (the mode's defaults where none was given)."""
+        return CacheSpec.make(self.cache, self.cache_interval, self.cache_warmup, self.cache_order,
+                              self.cache_threshold)
 
     def with_video(self, video: dict) -> "SampleConfig":
         """This config with unset frames/height/width/fps taken from `video` (the model's settings), checked."""
@@ -96,7 +127,7 @@ class SampleConfig:
                 "fps", "scheduler", "lora", "lora_scale", "dtype", "qp"]
         if self.attention == "fp8":  # the exact kernels (and compiling) only change bf16 rounding
             keys.append("attention")
-        return {k: getattr(self, k) for k in keys}
+        return {**{k: getattr(self, k) for k in keys}, **self.cache_spec.identity()}
 
 
 def check_video_shape(frames: int, height: int, width: int, fps: int) -> None:

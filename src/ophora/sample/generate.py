@@ -11,6 +11,7 @@ from ophora.core.models import load_pipeline, parse_dtype
 from ophora.sample.config import SampleConfig
 from ophora.sample.jobs import Job
 from ophora.sample.speed import configure_speed
+from ophora.sample.step_cache import reset as reset_cache
 
 
 def prepare_pipeline(config: SampleConfig, device: str):
@@ -20,8 +21,8 @@ def prepare_pipeline(config: SampleConfig, device: str):
 
 
 def configure_pipeline(pipe, config: SampleConfig, device: str):
-    """Apply LoRA, fused attention projections, the attention kernel and compiling, the VAE memory mode and
-    progress settings."""
+    """Apply LoRA, fused attention projections, the attention kernel, compiling and step caching, the VAE memory
+    mode and progress settings."""
     if config.lora:
         try:
             pipe.load_lora_weights(config.lora, adapter_name="ophora")
@@ -31,7 +32,7 @@ def configure_pipeline(pipe, config: SampleConfig, device: str):
     fuse = config.fuse_qkv if config.fuse_qkv is not None else device.startswith("cuda")
     if fuse and not config.lora:  # LoRA layers wrap the separate q/k/v projections
         pipe.transformer.fuse_qkv_projections()
-    configure_speed(pipe, config.attention, config.compile, device)
+    configure_speed(pipe, config.attention, config.compile, device, config.cache_spec, config.guidance, config.steps)
     tiling = config.vae_tiling == "on" or (config.vae_tiling == "auto" and not _untiled_decode_fits(config, device))
     if tiling:
         pipe.vae.enable_tiling()
@@ -54,6 +55,7 @@ def _untiled_decode_fits(config: SampleConfig, device: str) -> bool:
 def generate(pipe, config: SampleConfig, job: Job, device: str, decode: bool = True) -> np.ndarray | None:
     """One video as uint8 frames (F, H, W, 3); with `decode=False` only the denoising runs."""
     generator = torch.Generator(device=device).manual_seed(job.seed)
+    reset_cache(pipe.transformer)  # the pipeline resets it after a video; after a failed one, this does
     frames = pipe(
         prompt=job.prompt,
         negative_prompt=config.negative_prompt or None,

@@ -1,17 +1,27 @@
-"""Speed settings for sampling: the attention kernel and regional `torch.compile` of the transformer blocks.
+"""Speed settings for sampling: the attention kernel, regional `torch.compile` of the transformer blocks, and
+step caching (step_cache.py).
 
 Regional compilation compiles the repeated CogVideoX block once (every block shares the compiled code,
 since its weights are graph inputs) instead of the whole model: far less compile time for the same
-kernels. The compiled code lands in inductor's on-disk cache, so later runs on the same machine and
-software load it instead of compiling again.
+kernels. It is on by default on a CUDA GPU (`--no-compile` turns it off); it changes only bf16 rounding.
+The compiled code lands in inductor's on-disk cache (`TORCHINDUCTOR_CACHE_DIR`, by default under the
+system's temporary folder), so later runs on the same machine and software load it instead of compiling
+again; the first block call's time (compiling or loading) is logged.
+
+Each block's `forward` is compiled (not the module's call), so step-cache hooks that wrap whole blocks
+(``fixed``, ``fbc``) sit outside the compiled code; modes that hook inside the blocks run them uncompiled.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
+import torch
 
 from ophora.core.attention import use_attention
+from ophora.sample.cache_spec import BLOCK_LEVEL, CacheSpec
+from ophora.sample.step_cache import remove_cache, use_cache
 
 log = logging.getLogger(__name__)
 
@@ -20,24 +30,66 @@ log = logging.getLogger(__name__)
 COMPILE_MODE = "default"
 
 
+def _logging_first_call(fn):
+    """`fn`, logging how long its first call took (the compiling, or loading it from the cache)."""
+    done = False
+
+    def call(*args, **kwargs):
+        nonlocal done
+        if done:
+            return fn(*args, **kwargs)
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        done = True
+        log.info("compile: first block call %.1f s (compiling, or loading inductor's on-disk cache)",
+                 time.perf_counter() - start)
+        return out
+
+    return call
+
+
 def compile_blocks(transformer, mode: str | None = COMPILE_MODE, backend: str = "inductor") -> int:
-    """`torch.compile` each transformer block in place (compiled on first use); returns how many."""
+    """`torch.compile` each transformer block's forward in place (compiled on first use); returns how many.
+    Blocks compiled already stay as they are."""
     blocks = list(getattr(transformer, "transformer_blocks", []))
-    for block in blocks:
-        block.compile(fullgraph=True, dynamic=False, backend=backend,
-                      **({"mode": mode} if backend == "inductor" and mode else {}))
+    for i, block in enumerate(blocks):
+        if "_ophora_eager_forward" in vars(block):
+            continue
+        block._ophora_eager_forward = block.forward
+        compiled = torch.compile(block.forward, fullgraph=True, dynamic=False, backend=backend,
+                                 **({"mode": mode} if backend == "inductor" and mode else {}))
+        block.forward = _logging_first_call(compiled) if i == 0 else compiled
     return len(blocks)
 
 
-def configure_speed(pipe, attention: str, compile: bool, device: str) -> str:
-    """Install ophora's attention processor with the kernel for `attention`, and compile the blocks if asked;
-    returns the kernel in use."""
+def uncompile_blocks(transformer) -> None:
+    """Undo `compile_blocks`: every block runs eagerly again."""
+    for block in getattr(transformer, "transformer_blocks", []):
+        if "_ophora_eager_forward" in vars(block):
+            block.forward = vars(block).pop("_ophora_eager_forward")
+
+
+def configure_speed(pipe, attention: str, compile: bool | None, device: str, cache: CacheSpec | None = None,
+                    guidance: float = 6.0, steps: int = 50) -> str:
+    """Install ophora's attention processor with the kernel for `attention`, compile the blocks (`compile`
+    None: on a CUDA GPU) and put the step cache on, each with a log line; returns the kernel in use."""
+    cache = cache or CacheSpec()
     kernel = use_attention(pipe.transformer, attention, device)
-    if compile:
-        if not device.startswith("cuda"):
-            log.info("compile: off (regional torch.compile is for the GPU; the device is %s)", device)
-        else:
-            n = compile_blocks(pipe.transformer)
-            log.info("compile: %d transformer blocks with torch.compile (mode %s); the first video pays the compile",
-                     n, COMPILE_MODE)
+    remove_cache(pipe.transformer)  # its hooks wrap the blocks' forward: off before that changes
+    wanted = compile if compile is not None else device.startswith("cuda")
+    on = False
+    if not wanted:
+        log.info("compile: off (%s)", "--no-compile" if compile is False else f"the device is {device}")
+    elif not device.startswith("cuda"):
+        log.info("compile: off (regional torch.compile is for the GPU; the device is %s)", device)
+    elif cache.mode not in BLOCK_LEVEL:
+        log.info("compile: off (--cache %s hooks inside the blocks, which cannot be compiled whole)", cache.mode)
+    else:
+        on = True
+    if on:
+        n = compile_blocks(pipe.transformer)
+        log.info("compile: %d transformer blocks with torch.compile (mode %s)", n, COMPILE_MODE)
+    else:
+        uncompile_blocks(pipe.transformer)
+    use_cache(pipe, cache, guidance, steps)
     return kernel
