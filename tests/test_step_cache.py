@@ -18,6 +18,7 @@ from ophora.sample.config import SampleConfig
 from ophora.sample.generate import configure_pipeline, generate, prepare_pipeline
 from ophora.sample.jobs import plan_jobs
 from ophora.sample.speed import compile_blocks
+from ophora.sample.step_cache import remove_cache, use_cache
 
 STEPS = 8
 SMALL = dict(frames=9, height=48, width=80, steps=STEPS)
@@ -153,16 +154,27 @@ def test_block_level_modes_work_on_compiled_blocks(tiny_model, tmp_path):
     config = SampleConfig(model=str(tiny_model), out=tmp_path, prompt="Aspirate the cortex.", cache="fixed",
                           cache_warmup=2, cache_interval=3, **SMALL)
     pipe = prepare_pipeline(config, "cpu")
-    uncompiled = latents(pipe, config, 1)
     torch._dynamo.reset()
     try:
-        configure_pipeline(pipe, dataclasses.replace(config, cache="none"), "cpu")
-        compile_blocks(pipe.transformer, backend="eager")
-        configure_pipeline(pipe, config, "cpu")  # on the CPU configure leaves the blocks as they are
-        compiled = latents(pipe, config, 1)
+        for mode in ("fixed", "fbc"):
+            spec = CacheSpec.make(mode, 3, 2, threshold=10.0)
+            configure_pipeline(pipe, dataclasses.replace(config, cache="none"), "cpu")
+            use_cache(pipe, spec)
+            uncompiled = latents(pipe, config, 1)
+            remove_cache(pipe.transformer)
+            compile_blocks(pipe.transformer, backend="eager")
+            calls = []
+            for block in pipe.transformer.transformer_blocks:  # count compiled-forward calls, outside the compiled code
+                block.forward = (lambda f: lambda *a, **k: calls.append(1) or f(*a, **k))(block.forward)
+            use_cache(pipe, spec)  # the hooks wrap the compiled forwards
+            compiled = latents(pipe, config, 1)
+            assert rel(compiled, uncompiled) < 1e-6 and 0 < len(calls) < STEPS * LAYERS
+            remove_cache(pipe.transformer)
+            for block in pipe.transformer.transformer_blocks:
+                del block.forward  # the counter; the next round compiles afresh
+                del block._ophora_eager_forward
     finally:
         torch._dynamo.reset()
-    assert rel(compiled, uncompiled) < 1e-6
 
 
 def test_modes_inside_the_blocks_turn_compiling_off(tiny_model, tmp_path, caplog, monkeypatch):
@@ -212,3 +224,25 @@ def test_python_api_rejects_an_unknown_mode():
     with pytest.raises(ConfigError, match="--cache must be one of"):
         SampleConfig(model="m", out=".", prompt="p", cache="teacache").check()
     assert CacheSpec.make("none").identity() == {} and set(MODES) >= set(CACHED)
+
+
+def test_a_failing_compile_falls_back_to_eager_blocks(tiny_model, tmp_path, caplog):
+    config = SampleConfig(model=str(tiny_model), out=tmp_path, prompt="Aspirate the cortex.", cache="fixed",
+                          cache_warmup=2, cache_interval=3, **SMALL)
+    pipe = prepare_pipeline(config, "cpu")
+    eager = latents(pipe, config, 1)
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    configure_pipeline(pipe, dataclasses.replace(config, cache="none"), "cpu")
+    torch._dynamo.reset()
+    try:
+        compile_blocks(pipe.transformer, backend=broken_backend)
+        use_cache(pipe, config.cache_spec)
+        with caplog.at_level(logging.WARNING):
+            fallback = latents(pipe, config, 1)
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(fallback, eager)
+    assert any(r.getMessage().startswith("compile: failed") for r in caplog.records)

@@ -52,8 +52,8 @@ class SampleConfig:
     attention: str = option("auto", "attention kernel: auto = FlashAttention-3 (fa3-fwd package) on Hopper GPUs, else "
                             "PyTorch SDPA; fa3 and sdpa are exact; fp8 (FA3 with FP8 operands, per-head scales) is "
                             "faster and inexact", choices=("auto", "fa3", "sdpa", "fp8"))
-    compile: bool | None = option(None, "torch.compile the repeated transformer block (default: on with a CUDA GPU, "
-                                         "off on the CPU): faster steps, exact up to bf16 rounding; the first video "
+    compile: bool | None = option(None, "torch.compile the repeated transformer block (default: on with a CUDA GPU "
+                                         "unless --lora is given, off on the CPU): faster steps, exact up to bf16 rounding; the first video "
                                          "pays the compiling (its time is logged), later runs load it from the "
                                          "on-disk cache")
     cache: str = option("none", "step caching, faster and inexact (see docs/sample.md): fixed = ophora's fixed "

@@ -32,7 +32,8 @@ def configure_pipeline(pipe, config: SampleConfig, device: str):
     fuse = config.fuse_qkv if config.fuse_qkv is not None else device.startswith("cuda")
     if fuse and not config.lora:  # LoRA layers wrap the separate q/k/v projections
         pipe.transformer.fuse_qkv_projections()
-    configure_speed(pipe, config.attention, config.compile, device, config.cache_spec, config.guidance, config.steps)
+    configure_speed(pipe, config.attention, config.compile, device, config.cache_spec, config.guidance, config.steps,
+                    lora=bool(config.lora))
     tiling = config.vae_tiling == "on" or (config.vae_tiling == "auto" and not _untiled_decode_fits(config, device))
     if tiling:
         pipe.vae.enable_tiling()

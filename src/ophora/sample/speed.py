@@ -30,35 +30,46 @@ log = logging.getLogger(__name__)
 COMPILE_MODE = "default"
 
 
-def _logging_first_call(fn):
-    """`fn`, logging how long its first call took (the compiling, or loading it from the cache)."""
-    done = False
+class _CompiledForward:
+    """A block's compiled forward. The first call of any block (the compiling, or loading it from the cache) is
+    timed and logged; if compiling fails there, every block of the model runs its eager forward from then on."""
 
-    def call(*args, **kwargs):
-        nonlocal done
-        if done:
-            return fn(*args, **kwargs)
+    def __init__(self, eager, compiled, status: dict):
+        self.eager, self.compiled, self.status = eager, compiled, status
+
+    def __call__(self, *args, **kwargs):
+        if self.status.get("failed"):
+            return self.eager(*args, **kwargs)
+        if self.status.get("ok"):
+            return self.compiled(*args, **kwargs)
         start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        done = True
+        try:
+            out = self.compiled(*args, **kwargs)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (no working compiler or Triton, an op dynamo cannot trace: eager is exact)
+            first = (str(exc).strip().splitlines() or [""])[0]
+            log.warning("compile: failed (%s: %s); the blocks run uncompiled", type(exc).__name__, first[:200])
+            self.status["failed"] = True
+            return self.eager(*args, **kwargs)
+        self.status["ok"] = True
         log.info("compile: first block call %.1f s (compiling, or loading inductor's on-disk cache)",
                  time.perf_counter() - start)
         return out
-
-    return call
 
 
 def compile_blocks(transformer, mode: str | None = COMPILE_MODE, backend: str = "inductor") -> int:
     """`torch.compile` each transformer block's forward in place (compiled on first use); returns how many.
     Blocks compiled already stay as they are."""
     blocks = list(getattr(transformer, "transformer_blocks", []))
-    for i, block in enumerate(blocks):
+    status: dict = {}
+    for block in blocks:
         if "_ophora_eager_forward" in vars(block):
             continue
-        block._ophora_eager_forward = block.forward
-        compiled = torch.compile(block.forward, fullgraph=True, dynamic=False, backend=backend,
+        block._ophora_eager_forward = eager = block.forward
+        compiled = torch.compile(eager, fullgraph=True, dynamic=False, backend=backend,
                                  **({"mode": mode} if backend == "inductor" and mode else {}))
-        block.forward = _logging_first_call(compiled) if i == 0 else compiled
+        block.forward = _CompiledForward(eager, compiled, status)
     return len(blocks)
 
 
@@ -70,16 +81,19 @@ def uncompile_blocks(transformer) -> None:
 
 
 def configure_speed(pipe, attention: str, compile: bool | None, device: str, cache: CacheSpec | None = None,
-                    guidance: float = 6.0, steps: int = 50) -> str:
+                    guidance: float = 6.0, steps: int = 50, lora: bool = False) -> str:
     """Install ophora's attention processor with the kernel for `attention`, compile the blocks (`compile`
-    None: on a CUDA GPU) and put the step cache on, each with a log line; returns the kernel in use."""
+    None: on a CUDA GPU without LoRA layers) and put the step cache on, each with a log line; returns the kernel
+    in use."""
     cache = cache or CacheSpec()
     kernel = use_attention(pipe.transformer, attention, device)
     remove_cache(pipe.transformer)  # its hooks wrap the blocks' forward: off before that changes
-    wanted = compile if compile is not None else device.startswith("cuda")
+    wanted = compile if compile is not None else device.startswith("cuda") and not lora
     on = False
     if not wanted:
-        log.info("compile: off (%s)", "--no-compile" if compile is False else f"the device is {device}")
+        why = "--no-compile" if compile is False else ("LoRA layers; --compile to try" if lora and
+                                                       device.startswith("cuda") else f"the device is {device}")
+        log.info("compile: off (%s)", why)
     elif not device.startswith("cuda"):
         log.info("compile: off (regional torch.compile is for the GPU; the device is %s)", device)
     elif cache.mode not in BLOCK_LEVEL:
