@@ -85,6 +85,10 @@ def _narrated_videos(c: NarratedVideosConfig) -> None:
     print(_load("ophora.synthetic.narrated_videos:make_narrated_videos")(c.dir))
 
 
+def _surgery_world(config) -> None:
+    print(_load("ophora.synthetic.surgery_world:make_surgery_world_cli")(config))
+
+
 def _train(c: TrainArgs) -> None:
     import dataclasses
 
@@ -175,6 +179,10 @@ COMMANDS: dict[str, Command] = {
     "make-narrated-videos": Command("write synthetic narrated cataract-surgery videos with known curation ground "
                                     "truth", "ophora.cli:NarratedVideosConfig", _narrated_videos,
                                     aliases=("make-sample-videos",), outputs=("dir",)),
+    "make-surgery-world": Command("write a procedural world of narrated surgeries: the twelve Cataract-1K phases "
+                                  "with their own looks, narrations, overlays on a known share, Cataract-1K "
+                                  "annotations and ground truth", "ophora.synthetic.surgery_world:SurgeryWorldConfig",
+                                  _surgery_world, outputs=("dir",)),
     "curate": Command("narrated surgery videos -> clips + instructions, with a privacy-preserved subset",
                       "ophora.curate.pipeline:CurateConfig", _curate, outputs=("out",)),
     "prepare": Command("encode a dataset's clips (VAE latents + T5 embeddings) into a training cache; torchrun "

@@ -20,6 +20,7 @@ import numpy as np
 
 from ophora.core.files import write_json
 from ophora.core.media import VideoWriter
+from ophora.synthetic.overlays import draw_caption, draw_watermark
 
 log = logging.getLogger(__name__)
 
@@ -109,20 +110,25 @@ class EyeScene:
         mask = np.zeros((h, w), np.uint8)
         cv2.circle(mask, c, iris, 255, -1)
         image[mask > 0] = iris_color[mask > 0]
-        cv2.circle(image, c, int(iris * 0.55), (40, 90, 200), -1)  # red reflex through the pupil
+        pupil = int(iris * 0.55)
+        cv2.circle(image, c, pupil, (40, 90, 200), -1)  # red reflex through the pupil
         if hue_shift:
             hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
             hsv[..., 0] = (hsv[..., 0].astype(int) + hue_shift) % 180
             image = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
-        self.image, self.center, self.radius = image, c, r
+        self.image, self.center, self.radius, self.pupil_radius = image, c, r, pupil
 
-    def frame(self, t: float) -> np.ndarray:
-        """The BGR frame at time t (seconds)."""
+    def view(self, t: float) -> tuple[np.ndarray, tuple[float, float]]:
+        """The BGR view at time t (seconds) without instruments, and where the eye's centre is in it."""
         dx = self.margin * 0.8 * math.sin(0.7 * t)
         dy = self.margin * 0.6 * math.sin(0.5 * t + 1.0)
         shift = np.float32([[1, 0, -self.margin + dx], [0, 1, -self.margin + dy]])
         frame = cv2.warpAffine(self.image, shift, (self.width, self.height), borderMode=cv2.BORDER_REFLECT)
-        cx, cy = self.center[0] - self.margin + dx, self.center[1] - self.margin + dy
+        return frame, (self.center[0] - self.margin + dx, self.center[1] - self.margin + dy)
+
+    def frame(self, t: float) -> np.ndarray:
+        """The BGR frame at time t (seconds): the view with two moving steel instruments."""
+        frame, (cx, cy) = self.view(t)
         for k, (phase, base_angle) in enumerate(((0.0, -0.5), (1.7, 3.6))):
             angle = base_angle + 0.35 * math.sin(1.3 * t + phase)
             reach = self.radius * (0.25 + 0.15 * math.sin(2.1 * t + phase))
@@ -133,33 +139,9 @@ class EyeScene:
         return frame
 
 
-def _caption(frame: np.ndarray, text: str) -> None:
-    h, w = frame.shape[:2]
-    scale = w / 900
-    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
-    org = ((w - tw) // 2, h - int(0.08 * h))
-    cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 6, cv2.LINE_AA)
-    cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2, cv2.LINE_AA)
-
-
-def _watermark(frame: np.ndarray) -> None:
-    """A text-free channel logo in the top-right corner: a ring with a star, half transparent."""
-    h, w = frame.shape[:2]
-    c, r = (w - int(0.08 * w), int(0.1 * h)), int(0.05 * h)
-    logo = frame.copy()
-    cv2.circle(logo, c, r, (255, 255, 255), 3, cv2.LINE_AA)
-    for k in range(5):
-        a = -math.pi / 2 + k * 4 * math.pi / 5
-        b = -math.pi / 2 + (k + 1) * 4 * math.pi / 5
-        p = (int(c[0] + 0.7 * r * math.cos(a)), int(c[1] + 0.7 * r * math.sin(a)))
-        q = (int(c[0] + 0.7 * r * math.cos(b)), int(c[1] + 0.7 * r * math.sin(b)))
-        cv2.line(logo, p, q, (255, 255, 255), 2, cv2.LINE_AA)
-    cv2.addWeighted(logo, 0.7, frame, 0.3, 0, dst=frame)
-
-
 def _title_card(width: int, height: int, text: str) -> np.ndarray:
     card = np.full((height, width, 3), (90, 50, 20), np.uint8)
-    _caption(card, text.upper())
+    draw_caption(card, text.upper())
     return card
 
 
@@ -178,10 +160,10 @@ def render_frame(video: NarratedVideo, scenes: list[EyeScene], t: float, frozen:
         frame = scene.frame(t)
         if seg.effect == "caption":
             frame = frame.copy()
-            _caption(frame, "Dr. Jane Example  -  patient 0423  -  14.03.2024")
+            draw_caption(frame, "Dr. Jane Example  -  patient 0423  -  14.03.2024")
         elif seg.effect == "watermark":
             frame = frame.copy()
-            _watermark(frame)
+            draw_watermark(frame)
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
