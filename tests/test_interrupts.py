@@ -210,7 +210,7 @@ def test_prepare_finishes_the_clip_in_hand_then_stops_and_resumes(dataset, tiny_
 
     out = tmp_path / "cache"
     calls: list = []
-    signal_during(monkeypatch, run, "encode_pair", signal.SIGTERM, calls)
+    signal_during(monkeypatch, run, "encode_clips", signal.SIGTERM, calls)
     args = ["prepare", str(dataset), "--model", str(tiny_model), "--out", str(out), "--frame-buckets", "9,17",
             "--heights", "64", "--widths", "64,96"]
     assert main(args) == 143

@@ -15,6 +15,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -22,8 +23,9 @@ from ophora.core.latent_cache import CACHE_FORMAT, clip_file, clip_problem, save
 from ophora.core.files import as_json_value, claim_folder, remove_partials, write_csv, write_json
 from ophora.core.ranks import barrier, init_ranks, pick_device
 from ophora.core.versions import versions
-from ophora.core.dataset import read_pairs
-from ophora.prepare.frames import FrameSettings, decode_frames, to_vae_input
+from ophora.core.dataset import Pair, read_pairs
+from ophora.prepare.encode import MAX_TOKENS, Encoders, speed_up_vae
+from ophora.prepare.frames import FrameSettings, decode_frames
 from ophora.core.config import option
 from ophora.core.errors import InputError, OphoraError, failure_record
 from ophora.core.models import REQUIRED_PARTS, encoder_fingerprint, parse_dtype, resolve_model
@@ -32,7 +34,6 @@ from ophora.core.signals import stop_requests
 log = logging.getLogger(__name__)
 
 ENCODER_PARTS = {k: v for k, v in REQUIRED_PARTS.items() if not k.startswith("transformer")}
-MAX_TOKENS = 226
 DTYPES = ("bf16", "fp16", "fp32")
 
 
@@ -52,7 +53,14 @@ class PrepareConfig:
     widths: tuple[int, ...] = option((720, 960), "width buckets (multiples of 16)", metavar="W[,W...]")
     dtype: str | None = option(None, "encoder precision; default: bf16 on GPU, fp32 on CPU", choices=DTYPES)
     device: str | None = option(None, "default: cuda:<local rank> if a GPU is present, else cpu")
-    vae_tiling: bool = option(False, "encode in tiles (less GPU memory)")
+    vae_tiling: bool = option(False, "encode in tiles (less GPU memory; without it a clip that does not fit untiled "
+                                     "is encoded in tiles anyway, with a warning)")
+    encode_batch: int | None = option(None, "clips of one size bucket encoded together by the VAE and T5 (default: 4 "
+                                            "on a GPU, 1 on the CPU); a batch that runs out of GPU memory is encoded "
+                                            "in halves")
+    vae_channels_last: bool = option(False, "GPU: the VAE in channels-last (NDHWC) memory layout")
+    vae_compile: bool = option(False, "GPU: torch.compile the VAE encoder (the first clips of each size pay the "
+                                      "compiling)")
 
     def __post_init__(self) -> None:
         self.dataset, self.out = Path(self.dataset), Path(self.out)
@@ -89,21 +97,6 @@ def claim_cache(out: Path, settings: dict, rank: int) -> None:
     barrier()
 
 
-def encode_prompt(tokenizer, text_encoder, text: str, device: str) -> torch.Tensor:
-    """T5 embeddings (226, D) exactly as CogVideoXPipeline makes them."""
-    ids = tokenizer(text, padding="max_length", max_length=MAX_TOKENS, truncation=True, add_special_tokens=True,
-                    return_tensors="pt").input_ids
-    with torch.no_grad():
-        return text_encoder(ids.to(device))[0][0]
-
-
-def encode_video(vae, frames, device: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VAE posterior (mean, logvar), each (C, F', H/8, W/8), of uint8 frames (F, H, W, 3)."""
-    with torch.no_grad():
-        dist = vae.encode(to_vae_input(frames).to(device, dtype)).latent_dist
-    return dist.mean[0], dist.logvar[0]
-
-
 def load_encoders(folder: Path, device: str, dtype: torch.dtype):
     """Tokenizer, T5 encoder and VAE of a pipeline folder, frozen, in eval mode."""
     from diffusers import AutoencoderKLCogVideoX
@@ -134,26 +127,36 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     tokenizer, text_encoder, vae = load_encoders(folder, device, dtype)
     if config.vae_tiling:
         vae.enable_tiling()
+    speed_up_vae(vae, config.vae_channels_last, config.vae_compile, device)
+    batch = config.encode_batch or (4 if device.startswith("cuda") else 1)
+    encoders = Encoders(tokenizer, text_encoder, vae, device, dtype, batch)
+    log.info("prepare: clips of one size encoded %d at a time%s", batch, ", in tiles" if config.vae_tiling else "")
     summary = PrepareSummary()
     mine = pairs[ranks.rank::ranks.world]
-    with stop_requests("clip") as stop:  # SIGINT/SIGTERM: finish the clip in hand, then stop (core/signals.py)
+    pending: dict[tuple, list[Clip]] = {}  # decoded clips waiting for their size bucket's batch to fill
+
+    def left() -> str:
+        return f"{summary.made} clips encoded in this run, {len(mine) - summary.made - summary.skipped} left"
+
+    with stop_requests("clip") as stop:  # SIGINT/SIGTERM: finish the clips in hand, then stop (core/signals.py)
         for pair in tqdm(mine, desc=f"prepare (rank {ranks.rank})", disable=None if ranks.rank == 0 else True):
-            stop.check(f"{summary.made} clips encoded in this run, {len(mine) - summary.made - summary.skipped} left")
+            if stop.requested:
+                _encode_all(pending, out, encoders, summary)
+                stop.check(left())
             if _intact(clip_file(out, pair.clip_id)):
                 summary.skipped += 1
                 continue
             try:
-                encode_pair(pair, out, config, (tokenizer, text_encoder, vae), device, dtype)
+                clip = load_clip(pair, config)
             except Exception as exc:
-                failure = failure_record(exc, log, f"clip {pair.clip_id}")
-                if isinstance(exc, OphoraError):
-                    summary.rejects.append((pair.clip_id, failure["error_type"], failure["error"]))
-                else:
-                    summary.failures.append((pair.clip_id, failure["error_type"], failure["error"]))
-                    if device.startswith("cuda"):
-                        torch.cuda.empty_cache()
+                _record_failure(summary, pair.clip_id, exc, device)
                 continue
-            summary.made += 1
+            bucket = pending.setdefault(clip.frames.shape, [])
+            bucket.append(clip)
+            if len(bucket) >= encoders.batch:
+                encode_clips(pending.pop(clip.frames.shape), out, encoders, summary)
+        _encode_all(pending, out, encoders, summary)
+        stop.check(left())
     summary.rejected, summary.failed = len(summary.rejects), len(summary.failures)
 
     # 3. rank 0 gathers the rejects and failures and writes the index and cache.json
@@ -177,17 +180,61 @@ def _intact(path: Path) -> bool:
     return not problem
 
 
-def encode_pair(pair, out: Path, config: PrepareConfig, encoders, device: str, dtype: torch.dtype) -> None:
-    """Decode, encode and save one clip."""
-    tokenizer, text_encoder, vae = encoders
+@dataclass
+class Clip:
+    """One clip decoded into its training frames (F, H, W, 3), waiting to be encoded."""
+
+    pair: Pair
+    frames: np.ndarray
+    info: dict
+
+
+def load_clip(pair, config: PrepareConfig) -> Clip:
+    """Decode one clip's frames; raises InputError/MediaError for a clip that cannot be used."""
     if not pair.instruction:
         raise InputError("empty instruction")
     frames, info = decode_frames(pair.path, config.frames)
-    mean, logvar = encode_video(vae, frames, device, dtype)
-    embeds = encode_prompt(tokenizer, text_encoder, pair.instruction, device)
-    meta = {"clip id": pair.clip_id, "instruction": pair.instruction, "size": list(frames.shape[1:3]), **info}
-    save_clip(out, pair.clip_id, {"latent_mean": mean.cpu(), "latent_logvar": logvar.cpu(),
-                                  "prompt_embeds": embeds.cpu()}, meta)
+    return Clip(pair, frames, info)
+
+
+def encode_clips(clips: list[Clip], out: Path, encoders: Encoders, summary: PrepareSummary) -> None:
+    """Encode clips of one size together and save each; if the batch fails, each clip is tried alone, so a
+    failure is recorded for the clip that causes it."""
+    try:
+        encoded = encoders.encode([c.frames for c in clips], [c.pair.instruction for c in clips])
+    except Exception as exc:
+        if len(clips) == 1:
+            _record_failure(summary, clips[0].pair.clip_id, exc, encoders.device)
+            return
+        for clip in clips:
+            encode_clips([clip], out, encoders, summary)
+        return
+    for clip, tensors in zip(clips, encoded):
+        meta = {"clip id": clip.pair.clip_id, "instruction": clip.pair.instruction,
+                "size": list(clip.frames.shape[1:3]), **clip.info}
+        try:
+            save_clip(out, clip.pair.clip_id, tensors, meta)
+        except Exception as exc:
+            _record_failure(summary, clip.pair.clip_id, exc, encoders.device)
+            continue
+        summary.made += 1
+
+
+def _encode_all(pending: dict[tuple, list[Clip]], out: Path, encoders: Encoders, summary: PrepareSummary) -> None:
+    """Encode every clip still waiting for its batch to fill."""
+    while pending:
+        encode_clips(pending.pop(next(iter(pending))), out, encoders, summary)
+
+
+def _record_failure(summary: PrepareSummary, clip_id: str, exc: Exception, device: str) -> None:
+    """A clip that cannot be used (an OphoraError) is a reject; anything else a failure, retried on a rerun."""
+    failure = failure_record(exc, log, f"clip {clip_id}")
+    if isinstance(exc, OphoraError):
+        summary.rejects.append((clip_id, failure["error_type"], failure["error"]))
+    else:
+        summary.failures.append((clip_id, failure["error_type"], failure["error"]))
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
 
 
 def _write_rejects(path: Path, rejects: list[tuple[str, str, str]]) -> None:
