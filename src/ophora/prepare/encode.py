@@ -77,6 +77,16 @@ class Encoders:
                 for m, v, e in zip(mean, logvar, embeds)]
 
 
+def to_channels_last(vae) -> None:
+    """The VAE's convolution weights in channels-last layout (NDHWC for 3-D, NHWC for 2-D convolutions); its
+    inputs follow in `encode_videos`."""
+    for module in vae.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.Conv2d)):
+            layout = torch.channels_last_3d if module.weight.dim() == 5 else torch.channels_last
+            module.weight.data = module.weight.data.contiguous(memory_format=layout)
+    vae._ophora_channels_last = True
+
+
 def speed_up_vae(vae, channels_last: bool, compile: bool, device: str) -> None:
     """Put the VAE in channels-last layout and/or compile its encoder (GPU only), with one log line."""
     if not device.startswith("cuda"):
@@ -84,8 +94,7 @@ def speed_up_vae(vae, channels_last: bool, compile: bool, device: str) -> None:
             log.info("prepare: VAE channels-last/compile off (they are for the GPU; the device is %s)", device)
         return
     if channels_last:
-        vae.to(memory_format=torch.channels_last_3d)
-        vae._ophora_channels_last = True
+        to_channels_last(vae)
     if compile:
         vae.encoder.compile(dynamic=False)
     log.info("prepare: VAE encoder %s", ", ".join(
