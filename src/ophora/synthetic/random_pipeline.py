@@ -81,6 +81,11 @@ SIZES = {
                                    time_embed_dim=128),
                   vae=dict(block_out_channels=(32, 32, 64, 64), norm_num_groups=8, layers_per_block=1),
                   t5=dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=2, relative_attention_num_buckets=8)),
+    # trained from scratch by benchmarks/mini_ophora.py (with a trained VAE: synthetic/mini_model.py) on one GPU
+    "mini": dict(transformer=dict(num_attention_heads=3, attention_head_dim=64, num_layers=6, text_embed_dim=64,
+                                  time_embed_dim=128),
+                 vae=dict(block_out_channels=(32, 32, 64, 64), norm_num_groups=8, layers_per_block=1),
+                 t5=dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=2, relative_attention_num_buckets=8)),
     "2b": dict(transformer={}, vae={}, t5=dict(d_model=4096, d_kv=64, d_ff=8192, num_layers=1, num_heads=2)),
 }
 
