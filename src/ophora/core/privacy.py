@@ -55,6 +55,11 @@ class PrivacyConfig:
     margin_band: float = 0.15  # top and bottom bands (share of the height) searched again, contrast-normalised
     margin_scale: float = 2.0  # ... and enlarged this much (small corner text, dark text on the dark drape)
     margin_clahe: float = 6.0  # CLAHE clip limit of that contrast normalisation
+    static_window: int = 6  # detector frames (one a second) per temporal median of the static-overlay check
+    static_min_frames: int = 4  # fewer frames than this: no static check (too few to tell still from moving)
+    static_sigma: float = 2.0  # the high-pass scale (pixels of the detector frame)
+    static_gain: float = 3.0  # contrast gain of the static image shown to the text detector
+    static_max_ring: float = 0.6  # stability of a line's surroundings above which the view there is still
     vlm_url: str | None = option(None, "e.g. http://localhost:8001/v1 (key from OPHORA_LLM_API_KEY)")
     vlm_model: str | None = option(None, "e.g. Qwen/Qwen2.5-VL-72B-Instruct, as the server names it")
     vlm_timeout: float = 60.0
@@ -202,6 +207,52 @@ def overlay_score(greys: np.ndarray, config: PrivacyConfig) -> float:
     return best
 
 
+def _stability(median: np.ndarray, energy: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the high-pass energy under `mask` that is the same in every frame (1 still, ~0 moving)."""
+    total = float(energy[mask].sum())
+    return float(np.abs(median[mask]).sum()) / total if total > 0 else 0.0
+
+
+def _ring(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The surroundings of a line: its box grown by 4 line heights, less the box grown by one (where the rest
+    of a logo or a caption's backing box may lie)."""
+    x, y, w, h = cv2.boundingRect(box.astype(np.int32))
+    ring = np.zeros(shape, bool)
+    ring[max(y - 4 * h, 0):y + 5 * h, max(x - 4 * h, 0):x + w + 4 * h] = True
+    ring[max(y - h, 0):y + 2 * h, max(x - h, 0):x + w + h] = False
+    return ring
+
+
+def static_boxes(frames: list[np.ndarray], config: PrivacyConfig) -> list[np.ndarray]:
+    """Text lines and logos that stay put in frame coordinates while the view around them moves.
+
+    The per-pixel temporal median of the frames' high-pass images keeps what is the same in every frame (a
+    burned-in overlay, however faint or translucent) and cancels the drifting scene; the text detector then
+    runs on that median, amplified, where faint overlays stand out on a flat background. A line counts when
+    its surroundings move (their high-pass energy is mostly not static): on a still view everything is static
+    and the check abstains.
+    """
+    if len(frames) < config.static_min_frames:
+        return []
+    engine = text_detector(config.threads, config.ocr_long_side)
+    step = max(1, config.static_window // 2)
+    starts = range(0, max(1, len(frames) - config.static_window + 1), step)
+    boxes = []
+    for first in starts:
+        stack = np.stack(frames[first:first + config.static_window]).astype(np.float32)
+        high = stack - np.stack([cv2.GaussianBlur(f, (0, 0), config.static_sigma) for f in stack])
+        median = np.median(high, axis=0)
+        energy = np.abs(high).mean(axis=0)
+        image = np.clip(128 + config.static_gain * median, 0, 255).astype(np.uint8)
+        h, w = image.shape[:2]
+        for box in _detect(engine, image):
+            if not _is_text_line(box, h, config):
+                continue
+            if _stability(median, energy, _ring(box, (h, w))) <= config.static_max_ring:
+                boxes.append(box)
+    return boxes
+
+
 def _jpeg_data_url(frame: np.ndarray) -> str:
     ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])
     return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode()
@@ -236,7 +287,9 @@ def privacy_scores(frames: list[np.ndarray], greys: np.ndarray, config: PrivacyC
     if config.backend == "ocr" and frames:
         scores.update(text_scores(frames, config))
     if config.backend == "ocr" and config.overlay:
-        scores["overlay_area"] = overlay_score(greys, config)
+        h, w = frames[0].shape[:2] if frames else (1, 1)
+        fixed = sum(cv2.contourArea(b) for b in static_boxes(frames, config)) / (h * w)
+        scores["overlay_area"] = max(overlay_score(greys, config), fixed)
     if config.backend == "vlm" and frames:
         picked = np.linspace(0, len(frames) - 1, min(config.vlm_frames, len(frames))).round().astype(int)
         scores["vlm_flag"] = vlm_flag([frames[i] for i in picked], config)
