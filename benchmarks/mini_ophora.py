@@ -75,6 +75,7 @@ class Profile:
     p2ft_config: str
     p2ft_steps: int
     per_phase: int         # generated videos per phase and model
+    phases: int            # phases prompted (the first of the twelve with held-out instructions)
     sample_steps: int
     guidance: float
     classifier: str
@@ -87,12 +88,12 @@ class Profile:
 
 MINI = Profile(videos=60, holdout=12, small_train=12, width=192, height=128, phases_per_video=(3, 6),
                seconds=(3.0, 6.0), model="mini", frames=17, vae_frames=9, vae_steps=2000, vae_batch=8,
-               tpt_config="mini-tpt", tpt_steps=3000, p2ft_config="mini-p2ft", p2ft_steps=1000, per_phase=6,
+               tpt_config="mini-tpt", tpt_steps=3000, p2ft_config="mini-p2ft", p2ft_steps=1000, per_phase=6, phases=12,
                sample_steps=30, guidance=5.0, classifier="r2plus1d_18", clip_frames=16, clip_size=112,
                clips_per_segment=3, epochs=15, batch=16)
 TOY = Profile(videos=5, holdout=2, small_train=2, width=96, height=64, phases_per_video=(2, 3), seconds=(2.5, 3.0),
               model="tiny", frames=9, vae_frames=9, vae_steps=3, vae_batch=1, tpt_config="tiny-tpt", tpt_steps=4,
-              p2ft_config="tiny-p2ft", p2ft_steps=2, per_phase=1, sample_steps=2, guidance=5.0,
+              p2ft_config="tiny-p2ft", p2ft_steps=2, per_phase=1, phases=4, sample_steps=2, guidance=5.0,
               classifier="mvit_v2_tiny", clip_frames=8, clip_size=32, clips_per_segment=1, epochs=1, batch=4)
 
 
@@ -224,7 +225,7 @@ class Experiment:
             labels = read_json(self.splits / "labels.json", "the clip labels")
             held = set(self.holdout())
             phases = mx.read_truth(self.world)["phases"]
-            write_csv(path, mx.PROMPT_COLUMNS, mx.phase_prompts(labels, held, self.p.per_phase, phases))
+            write_csv(path, mx.PROMPT_COLUMNS, mx.phase_prompts(labels, held, self.p.per_phase, phases, self.p.phases))
         return path
 
     def sample(self, model: str) -> dict:
@@ -244,7 +245,7 @@ class Experiment:
         out = self.out / "evaluate" / model
         ophora("evaluate", "--real", self.splits / "holdout_clean.csv", "--generated", self.out / "samples" / model,
                "--out", out, "--metrics", "fvd,leakage,temporal", "--i3d-weights", i3d, "--frames", self.p.frames,
-               "--device", self.device)
+               "--cache", self.out / "evaluate" / "features", "--device", self.device)
         m = read_json(out / "metrics.json", "the metrics")
         return {"leakage_rate": m["leakage_rate"], "fvd": m["fvd"], "temporal_consistency": m["temporal_consistency"],
                 "counts": m["counts"], "flagged": {f["video"]: f["reason"] for f in m["leakage"]["flagged"]}}
@@ -290,11 +291,34 @@ class Experiment:
 # ------------------------------------------------------------------------------------------------ state and report
 
 
+# Folders of OUT that no step reads once the step named is done (the report reads steps.json): `pack` leaves
+# them out, so the state stays small enough to carry between machines.
+NEEDED_UNTIL = {"model": "tpt", "cache": "p2ft", "tpt/final": "sample_tpt", "evaluate": "evaluate_p2ft",
+                "phases/tpt": "phases_tpt", "phases/p2ft": "phases_p2ft", "downstream": "downstream"}
+
+
+def packed(name: str, done: dict) -> bool:
+    """Whether `pack` keeps the member `name` (relative to OUT): not a training checkpoint (a train step
+    interrupted on one machine restarts on another), no weights or clip cache of a downstream run (it trains
+    and cuts again), no temporary file, and nothing that no step still to run reads."""
+    parts = Path(name).parts
+    if "checkpoints" in parts or any(p.startswith(".") and "partial" in p for p in parts):
+        return False
+    if parts and parts[0] in ("phases", "downstream") and name.endswith(".safetensors"):
+        return False
+    return not any(step in done and (name == folder or name.startswith(folder + "/"))
+                   for folder, step in NEEDED_UNTIL.items())
+
+
 def pack(out: Path, folder: Path) -> list[Path]:
-    """OUT as a tar in parts of at most PART_BYTES (`state.tar.000`, ...) in `folder`, training checkpoints left out."""
+    """OUT as a tar in parts of at most PART_BYTES (`state.tar.000`, ...) in `folder` (see `packed`)."""
+    done = read_json(out / STEPS_FILE, "the step record") if (out / STEPS_FILE).is_file() else {}
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(out, arcname=".", filter=lambda m: None if "/checkpoints" in m.name or "/.partial" in m.name else m)
+        for path in sorted(out.rglob("*")):
+            name = path.relative_to(out).as_posix()
+            if not path.is_dir() and packed(name, done):
+                tar.add(path, arcname=name, recursive=False)
     data = buffer.getvalue()
     folder.mkdir(parents=True, exist_ok=True)
     parts = []

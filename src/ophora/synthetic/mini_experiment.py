@@ -78,17 +78,22 @@ def write_subset(path: Path, labels: dict[str, dict], keep) -> int:
     return len(rows)
 
 
-def phase_prompts(labels: dict[str, dict], holdout: set[str], per_phase: int, phases: list[str]) -> list[dict]:
-    """`per_phase` prompts for each phase: the instructions of held-out clips of that phase, in turn (the
-    training clips' where the held-out videos show the phase in no kept clip; `source` says which)."""
-    rows = []
+def phase_prompts(labels: dict[str, dict], holdout: set[str], per_phase: int, phases: list[str],
+                  most: int | None = None) -> list[dict]:
+    """`per_phase` prompts for each of `phases` (at most `most` phases, those with held-out clips first): the
+    instructions of held-out clips of that phase, in turn, or the training clips' where no held-out clip shows
+    the phase (`source` says which)."""
+    pools = []
     for phase in phases:
         held = sorted({lab["instruction"] for lab in labels.values() if lab["phase"] == phase
                        and lab["video"] in holdout})
         pool, source = (held, "held-out") if held else (sorted({lab["instruction"] for lab in labels.values()
                                                                   if lab["phase"] == phase}), "training")
-        if not pool:
-            continue
+        if pool:
+            pools.append((phase, pool, source))
+    chosen = sorted(pools, key=lambda p: p[2] != "held-out")[:most]
+    rows = []
+    for phase, pool, source in sorted(chosen, key=lambda p: phases.index(p[0])):
         rows += [{ID_COLUMN: f"{slug(phase)}_{k + 1}", "instruction": pool[k % len(pool)], "phase": phase,
                   "source": source} for k in range(per_phase)]
     return rows
