@@ -1,23 +1,31 @@
 """Time full `ophora sample` generations at the published CogVideoX-2b size against stock diffusers, per mode.
 
-Random weights (speed does not depend on their values), 49 frames at 480x720, 50 DPM steps, CFG 6 with
-dynamic CFG, VAE decode included. Run it in the same command as the stock reference:
+Random weights (speed does not depend on their values, except for the step caches that decide from the
+features: fbc and cache-dit), 49 frames at 480x720, 50 DPM steps, CFG 6 with dynamic CFG, VAE decode
+included. One invocation measures stock (`--stock inline`: diffusers' pipeline with its own processors, tiled
+and untiled VAE, as ../shared/bench/stock_cogvideox.py --parts pipe does) and every mode asked for; each
+invocation stays under 10 minutes with one of the two mode sets below, the second reusing the first's stock
+timings and modes (`--stock FILE` with a sample_gpu.json keeps its modes):
 
-    python ../shared/bench/stock_cogvideox.py --parts pipe --out $OUT
-    python benchmarks/sample_gpu.py --stock $OUT/stock.json --out $OUT
+    python benchmarks/sample_gpu.py --stock inline --modes exact,exact-eager,fp8,fixed,fixed-k2,fp8-fixed --out $OUT
+    python benchmarks/sample_gpu.py --stock $OUT/sample_gpu.json --out $OUT \
+        --modes fbc,taylorseer,pab,fastercache,cachedit-F8B0-taylorseer,cachedit-F8B8
 
-Modes (`--modes`): `exact` is `ophora sample`'s GPU default (ophora's attention processor with the fastest
-exact kernel: FlashAttention-3 on Hopper when fa3-fwd is installed, else SDPA); `exact-compiled` adds
-`--compile`; `fp8-compiled` is the opt-in fast mode (`--attention fp8 --compile`); `sdpa` is ours with the
-stock kernel. Each mode is timed end to end (text encoding, 50 steps, decode to uint8 frames) after a
-2-step warm-up that also pays any compiling (reported as `warmup_s`).
+(`--stock FILE` also takes stock_cogvideox.py's stock.json.) Modes (`MODES`): `exact` is `ophora sample`'s GPU
+default (FlashAttention-3 when fa3-fwd is installed, else SDPA, and the blocks compiled); `exact-eager` is that
+without compiling, `sdpa-eager` ours with the stock kernel; `fp8` FP8 attention; `fixed*`, `fbc`, `taylorseer`,
+`pab`, `fastercache` are `--cache` modes; `cachedit-*` run cache-dit (pip package cache-dit, if importable) on
+the same exact configuration, with the settings of its CogVideoX examples (DBCache F8B8, and F8B0 with its
+TaylorSeer calibrator; its default threshold 0.08 and 8 warm-up steps). Each mode is timed end to end (text
+encoding, 50 steps, decode to uint8 frames) after a 2-step warm-up that also pays any compiling (`warmup_s`).
 
 Quality: the same generation (same seed) is run at `--check-size` (default 49x240x368: a full-precision
 reference at 480x720 would take minutes a step) by every mode, by the stock pipeline in bf16 (its own
 processor, SDPA's default backend), by the stock pipeline under SDPA's flash backend, and in fp32 (the same
 weights, fp32 activations, TF32 off) as the reference. Per mode: `latent_rel_l2` = final latents' relative L2
 error against fp32, `psnr_vs_fp32_db` = decoded frames against fp32's, `psnr_vs_stock_db` = against the stock
-bf16 pipeline's; fast modes also against `exact`. `--tiny` runs a toy size on the CPU to check the script.
+bf16 pipeline's; inexact modes also against `exact`. With random weights these errors say how far a mode moves
+the sample, not whether the video stays good: that needs trained weights. `--tiny` runs a toy size on the CPU.
 """
 
 from __future__ import annotations
@@ -76,21 +84,94 @@ except ImportError:  # the GPU machine has no PyAV and its wheel does not fit be
     sys.meta_path.insert(0, _StubAv())
     HAVE_AV = False
 
-from ophora.core.media import to_uint8, write_video  # noqa: E402
-from ophora.core.models import make_scheduler  # noqa: E402
-from ophora.sample import speed  # noqa: E402
-from ophora.sample.config import SampleConfig  # noqa: E402
-from ophora.sample.generate import configure_pipeline, generate  # noqa: E402
-from ophora.sample.jobs import plan_jobs  # noqa: E402
-from ophora.synthetic.random_pipeline import random_pipeline, train_tokenizer  # noqa: E402
+from ophora.core.media import to_uint8, write_video
+from ophora.core.models import make_scheduler
+from ophora.sample import speed
+from ophora.sample.cache_spec import full_steps
+from ophora.sample.config import SampleConfig
+from ophora.sample.generate import configure_pipeline, generate
+from ophora.sample.jobs import plan_jobs
+from ophora.synthetic.random_pipeline import random_pipeline, train_tokenizer
 
 MODES = {
     "exact": {},
-    "sdpa": {"attention": "sdpa"},
-    "exact-compiled": {"compile": True},
-    "fp8-compiled": {"attention": "fp8", "compile": True},
+    "exact-eager": {"compile": False},
+    "sdpa-eager": {"attention": "sdpa", "compile": False},
+    "fp8": {"attention": "fp8"},
+    "fixed": {"cache": "fixed"},
+    "fixed-k2": {"cache": "fixed", "cache_interval": 2},
+    "fixed-k4": {"cache": "fixed", "cache_interval": 4},
+    "fp8-fixed": {"attention": "fp8", "cache": "fixed"},
+    "fbc": {"cache": "fbc"},
+    "taylorseer": {"cache": "taylorseer"},
+    "pab": {"cache": "pab"},
+    "fastercache": {"cache": "fastercache"},
+    "cachedit-F8B8": {"cache_dit": {"Fn_compute_blocks": 8, "Bn_compute_blocks": 8}},
+    "cachedit-F8B0-taylorseer": {"cache_dit": {"Fn_compute_blocks": 8, "Bn_compute_blocks": 0}, "taylorseer": 1},
 }
-FAST = ("fp8-compiled",)
+EXACT = ("exact", "exact-eager", "sdpa-eager")
+
+
+def sample_options(name: str) -> dict:
+    """The SampleConfig fields of a mode (cache-dit's settings are not ophora options)."""
+    return {k: v for k, v in MODES[name].items() if k not in ("cache_dit", "taylorseer")}
+
+
+def use_cache_dit(pipe, name: str) -> None:
+    """cache-dit's DBCache on the pipeline, with the mode's settings (CFG is one batch in CogVideoX)."""
+    import cache_dit
+
+    settings = MODES[name]
+    blocks = len(pipe.transformer.transformer_blocks)  # the tiny model has 2: its Fn/Bn are cut to fit
+    dbcache = {k: min(v, max(blocks // 2, 1) if k.startswith("Fn") else blocks // 2)
+               for k, v in settings["cache_dit"].items()}
+    calibrator = (cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=settings["taylorseer"])
+                  if settings.get("taylorseer") else None)
+    cache_dit.enable_cache(pipe, cache_config=cache_dit.DBCacheConfig(enable_separate_cfg=False, **dbcache),
+                           calibrator_config=calibrator)
+
+
+def cache_dit_steps(pipe) -> int | None:
+    """How many steps cache-dit served from its cache in the last generation."""
+    import cache_dit
+
+    stats = cache_dit.summary(pipe, logging=False)
+    return len(stats[0].cached_steps) if stats else None
+
+
+def stock_timings(pipe, steps: int, size: tuple[int, int, int], device: str) -> dict:
+    """Stock diffusers end to end, as stock_cogvideox.py --parts pipe: random prompt embeddings, untiled then
+    tiled+sliced VAE, latents then decode."""
+    f, h, w = size
+    dim = pipe.transformer.config.text_embed_dim
+    tokens = pipe.transformer.config.max_text_seq_length
+    dtype = next(pipe.transformer.parameters()).dtype
+    pe, ne = (torch.randn(1, tokens, dim, device=device, dtype=dtype) for _ in range(2))
+    res = {}
+    for tiling in (False, True):
+        if tiling:
+            pipe.vae.enable_tiling()
+            pipe.vae.enable_slicing()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        run = dict(prompt_embeds=pe, negative_prompt_embeds=ne, height=h, width=w, num_frames=f, guidance_scale=6.0,
+                   use_dynamic_cfg=True, output_type="latent")
+        pipe(**run, num_inference_steps=2, generator=torch.Generator(device).manual_seed(0))  # cuDNN/cuBLAS warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        out = pipe(**run, num_inference_steps=steps, generator=torch.Generator(device).manual_seed(0)).frames
+        sync(device)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            pipe.decode_latents(out)
+        sync(device)
+        key = "tiled" if tiling else "untiled"
+        res[f"pipe_{key}_denoise_s"], res[f"pipe_{key}_vae_decode_s"] = t1 - t0, time.perf_counter() - t1
+        if device == "cuda":
+            res[f"pipe_{key}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    pipe.vae.disable_tiling()
+    pipe.vae.disable_slicing()
+    return res
 
 
 def build_pipeline(tiny: bool, device: str):
@@ -135,22 +216,43 @@ def check_run(pipe, config: SampleConfig, size, seed: int, device: str):
     return latents.float(), to_uint8(frames)
 
 
+def read_stock(path: Path) -> tuple[dict, list[dict]]:
+    """Stock timings (stock_cogvideox.py's keys) and the modes already measured, from stock.json or a
+    sample_gpu.json of an earlier invocation in the same run."""
+    data = json.loads(path.read_text())
+    return data.get("stock_reference", data), data.get("modes", [])
+
+
+def check_modes(names: list[str]) -> str | None:
+    """Why the modes cannot run (None when they can)."""
+    unknown = [m for m in names if m not in MODES]
+    if unknown:
+        return f"unknown modes {unknown}; choose from {', '.join(MODES)}"
+    if any(m.startswith("cachedit") for m in names):
+        try:
+            import cache_dit  # noqa: F401
+        except ImportError:
+            return "cachedit modes need the cache-dit package (carry its wheel: README, GPU benchmarks)"
+    return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--stock", default=None, help="stock.json written by stock_cogvideox.py in the same run")
+    p.add_argument("--stock", default="inline", help="inline (measure it here), none, or stock.json / sample_gpu.json "
+                                                     "of the same run (a sample_gpu.json's modes are kept)")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
-    p.add_argument("--modes", default="exact,exact-compiled,fp8-compiled", help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--modes", default="exact,exact-eager,fp8,fixed,fixed-k2,fp8-fixed",
+                   help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--check-size", default=None, help="FxHxW of the quality check (default 49x240x368; tiny 9x64x64)")
     p.add_argument("--no-check", action="store_true", help="timings only")
     p.add_argument("--compile-cache", default=None, help="torch.compile cache artifacts to load first and save after")
     a = p.parse_args()
     modes = [m for m in a.modes.split(",") if m]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        p.error(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
-    modes.sort(key=lambda m: bool(MODES[m].get("compile")))  # compiled blocks stay compiled: those last
+    problem = check_modes(modes)
+    if problem:
+        p.error(problem)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -163,6 +265,10 @@ def main() -> None:
     job = plan_jobs([("prompt", base.prompt)], 1, base.seed)[0]
     res = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
            "size": f"{f}x{h}x{w}", "steps": a.steps, "scheduler": base.scheduler, "check_size": "x".join(map(str, check))}
+    earlier: list[dict] = []
+    stock = None
+    if a.stock not in ("inline", "none"):
+        stock, earlier = read_stock(Path(a.stock))
     if a.compile_cache and Path(a.compile_cache).is_file():
         t0 = time.perf_counter()
         torch.compiler.load_cache_artifacts(Path(a.compile_cache).read_bytes())
@@ -178,6 +284,11 @@ def main() -> None:
         reference = copy.deepcopy(pipe).to(torch.float32)
     pipe.to(dtype)
     res["build_s"] = time.perf_counter() - t0
+    if a.stock == "inline":
+        t0 = time.perf_counter()
+        stock = {"device": res["device"], "measured": "inline, stock processors", **stock_timings(pipe, a.steps, (f, h, w), device)}
+        print(json.dumps(stock), flush=True)
+        res["stock_inline_s"] = time.perf_counter() - t0
 
     quality = {}
     if reference is not None:
@@ -212,12 +323,20 @@ def main() -> None:
         return video
 
     pipe.decode_latents = timed_decode
+    if not a.no_check and "exact" not in modes and any(m not in EXACT for m in modes):
+        speed.configure_speed(pipe, base.attention, base.compile, device)  # the exact result, for the fast modes
+        quality["exact"] = check_run(pipe, base, check, job.seed, device)
     res["modes"] = []
     for name in modes:
-        config = dataclasses.replace(base, **MODES[name])
-        kernel = speed.configure_speed(pipe, config.attention, config.compile, device)
+        config = dataclasses.replace(base, **sample_options(name))
+        kernel = speed.configure_speed(pipe, config.attention, config.compile, device, config.cache_spec,
+                                       config.guidance, config.steps)
+        if "cache_dit" in MODES[name]:
+            use_cache_dit(pipe, name)
         entry = {"name": name, "options": MODES[name], "kernel": kernel,
-                 "compiled": bool(config.compile and device == "cuda")}
+                 "compiled": any("_ophora_eager_forward" in vars(b) for b in pipe.transformer.transformer_blocks)}
+        if config.cache == "fixed":
+            entry["full_steps"] = len(full_steps(config.steps, config.cache_spec.warmup, config.cache_spec.interval))
         sync(device)
         t0 = time.perf_counter()
         generate(pipe, dataclasses.replace(config, steps=2), job, device)  # compiling, cuDNN/cuBLAS heuristics
@@ -231,6 +350,8 @@ def main() -> None:
         frames = generate(pipe, config, job, device)
         sync(device)
         entry["ours_s"] = time.perf_counter() - t0
+        if "cache_dit" in MODES[name]:
+            entry["cache_dit_cached_steps"] = cache_dit_steps(pipe)
         entry["decode_s"] = decode_times[-1]
         entry["denoise_s"] = entry["ours_s"] - entry["decode_s"]
         if device == "cuda":
@@ -248,14 +369,18 @@ def main() -> None:
             entry["psnr_vs_fp32_db"] = psnr(check_frames, ref_frames)
             entry["psnr_vs_stock_db"] = psnr(check_frames, stock_frames)
             entry["latent_rel_l2_vs_stock"] = rel_l2(latents, stock_latents)
-            if name in FAST and "exact" in quality:
+            if name not in EXACT and "exact" in quality:
                 entry["latent_rel_l2_vs_exact"] = rel_l2(latents, quality["exact"][0])
                 entry["psnr_vs_exact_db"] = psnr(check_frames, quality["exact"][1])
+        if "cache_dit" in MODES[name]:
+            import cache_dit
+
+            cache_dit.disable_cache(pipe)
         res["modes"].append(entry)
         print(json.dumps(entry), flush=True)
 
-    if a.stock:
-        stock = json.loads(Path(a.stock).read_text())
+    res["modes"] = [m for m in earlier if m["name"] not in modes] + res["modes"]
+    if stock is not None:
         res["stock_tiled_s"] = stock["pipe_tiled_denoise_s"] + stock["pipe_tiled_vae_decode_s"]
         res["stock_untiled_s"] = stock["pipe_untiled_denoise_s"] + stock["pipe_untiled_vae_decode_s"]
         res["stock_s"] = res["stock_tiled_s"]  # the paper's and the authors' setting: VAE slicing + tiling
@@ -264,12 +389,14 @@ def main() -> None:
             entry["speedup_vs_stock"] = res["stock_s"] / entry["ours_s"]
             entry["speedup_vs_stock_untiled"] = res["stock_untiled_s"] / entry["ours_s"]
         res["stock_reference"] = stock
-    if a.compile_cache and device == "cuda" and any(MODES[m].get("compile") for m in modes):
+    if a.compile_cache and device == "cuda" and any(m["compiled"] for m in res["modes"]):
         blob, _ = torch.compiler.save_cache_artifacts()
         Path(a.out, Path(a.compile_cache).name).write_bytes(blob)
-    res["command"] = ("python .gpu/stock_cogvideox.py --parts pipe --out $OUT && python benchmarks/sample_gpu.py "
-                      f"--stock $OUT/stock.json --out $OUT --modes {','.join(modes)}")
+    res["command"] = "python benchmarks/sample_gpu.py " + " ".join(sys.argv[1:])
+    if earlier:
+        res["command"] += f" (after an invocation whose command was: {json.loads(Path(a.stock).read_text()).get('command')})"
     print(json.dumps(res, indent=1))
+    Path(a.out).mkdir(parents=True, exist_ok=True)
     Path(a.out, "sample_gpu.json").write_text(json.dumps(res, indent=1))
 
 
