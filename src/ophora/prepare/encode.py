@@ -33,7 +33,7 @@ def encode_prompts(tokenizer, text_encoder, texts: list[str], device: str) -> to
 
 def encode_videos(vae, videos: list[np.ndarray], device: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The VAE posteriors (mean, logvar), each (N, C, F', H/8, W/8), of uint8 clips (F, H, W, 3) of one size."""
-    batch = torch.cat([to_vae_input(v) for v in videos]).to(device, dtype)
+    batch = to_vae_input(np.stack(videos), device).to(dtype)
     if getattr(vae, "_ophora_channels_last", False):
         batch = batch.contiguous(memory_format=torch.channels_last_3d)
     with torch.no_grad():

@@ -103,7 +103,9 @@ def decode_frames(path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
     return np.stack([frames[i] for i in indices]), info
 
 
-def to_vae_input(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (F, H, W, 3) -> float (1, 3, F, H, W) in [-1, 1], the layout CogVideoX's VAE encodes."""
-    video = torch.from_numpy(frames).float().div(127.5).sub(1.0)
-    return video.permute(3, 0, 1, 2).unsqueeze(0)
+def to_vae_input(frames: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 (F, H, W, 3), or a batch (N, F, H, W, 3), -> float (N, 3, F, H, W) in [-1, 1] on `device`, the layout
+    CogVideoX's VAE encodes. The uint8 frames are moved first and converted there (a quarter of the bytes to copy)."""
+    video = torch.from_numpy(frames).to(device)
+    video = video[None] if video.dim() == 4 else video
+    return video.float().div(127.5).sub(1.0).permute(0, 4, 1, 2, 3).contiguous()
