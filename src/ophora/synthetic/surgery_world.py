@@ -153,6 +153,8 @@ class Overlay:
 
 @dataclass
 class SurgeryVideo:
+    """One planned source video: its phases with their narrations, its overlays, and the seed of its scene."""
+
     stem: str
     seed: int
     duration: float
@@ -160,11 +162,14 @@ class SurgeryVideo:
     overlays: list[Overlay] = field(default_factory=list)
 
     def overlays_at(self, t: float) -> list[Overlay]:
+        """The overlays shown at `t` seconds."""
         return [o for o in self.overlays if o.start <= t < o.end]
 
 
 @dataclass
 class SurgeryWorldConfig:
+    """`ophora make-surgery-world` settings (see `make_surgery_world`)."""
+
     dir: Path = option(help="folder to write videos/, annotations/ and ground_truth.json into", positional=True)
     videos: int = option(12, "source videos (surgeries)")
     width: int = option(192, "frame width (even)")
