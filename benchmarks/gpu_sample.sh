@@ -1,7 +1,7 @@
 # Sampling benchmark + GPU sample tests on a CUDA machine without diffusers, run from the repo root; each part
 # stays under 10 minutes. .whl/ holds the diffusers, importlib_metadata, fa3-fwd and cache-dit wheels (README: GPU
 # benchmarks; PyAV is not needed: the benchmark skips writing the mp4).
-#   PART=1: GPU tests, stock (inline) and the exact, fp8 and fixed-schedule modes -> $OUT/sample_gpu.json
+#   PART=1: GPU tests, stock (inline) and the exact, fp8 and fixed-schedule modes -> $OUT/sample_gpu_h200.json
 #   PART=2: the other cache modes and cache-dit, merged with part 1's results: copy part 1's JSON to
 #           benchmarks/results/sample_gpu_h200.json first (PREV overrides that path)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1

@@ -9,7 +9,7 @@
    clip at a time against the best batch setting of part 1 (needs PyAV; skipped without it).
 Speed does not depend on weight values. `--tiny` runs a toy size on the CPU to check the script.
 
-    python benchmarks/prepare_gpu.py --out $OUT          # writes prepare_gpu.json
+    python benchmarks/prepare_gpu.py --out $OUT          # writes prepare_gpu_h200.json on an H200
 """
 
 from __future__ import annotations
@@ -187,7 +187,8 @@ def main() -> None:
     res["command"] = "python benchmarks/prepare_gpu.py " + " ".join(sys.argv[1:])
     print(json.dumps(res, indent=1))
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / ("prepare_tiny.json" if a.tiny else "prepare_gpu.json")).write_text(json.dumps(res, indent=1))
+    name = "tiny" if a.tiny else next((g for g in ("h200", "h100") if g in res["device"].lower()), "gpu")
+    (Path(a.out) / f"prepare_gpu_{name}.json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

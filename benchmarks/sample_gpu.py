@@ -5,10 +5,11 @@ features: fbc and cache-dit), 49 frames at 480x720, 50 DPM steps, CFG 6 with dyn
 included. One invocation measures stock (`--stock inline`: diffusers' pipeline with its own processors, tiled
 and untiled VAE, as ../shared/bench/stock_cogvideox.py --parts pipe does) and every mode asked for; each
 invocation stays under 10 minutes with one of the two mode sets below, the second reusing the first's stock
-timings and modes (`--stock FILE` with a sample_gpu.json keeps its modes):
+timings and modes (`--stock FILE` with a sample_gpu JSON keeps its modes; the first call's JSON comes back
+from $OUT and is copied to benchmarks/results/ before the second):
 
     python benchmarks/sample_gpu.py --stock inline --modes exact,exact-eager,fp8,fixed,fixed-k2,fp8-fixed --out $OUT
-    python benchmarks/sample_gpu.py --stock $OUT/sample_gpu.json --out $OUT \
+    python benchmarks/sample_gpu.py --stock benchmarks/results/sample_gpu_h200.json --out $OUT \
         --modes fbc,taylorseer,pab,fastercache,cachedit-F8B0-taylorseer,cachedit-F8B8
 
 (`--stock FILE` also takes stock_cogvideox.py's stock.json.) Modes (`MODES`): `exact` is `ophora sample`'s GPU
@@ -397,7 +398,8 @@ def main() -> None:
         res["command"] += f" (after an invocation whose command was: {json.loads(Path(a.stock).read_text()).get('command')})"
     print(json.dumps(res, indent=1))
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    Path(a.out, "sample_gpu.json").write_text(json.dumps(res, indent=1))
+    name = "tiny" if a.tiny else next((g for g in ("h200", "h100") if g in res["device"].lower()), "gpu")
+    Path(a.out, f"sample_gpu_{name}.json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":
