@@ -77,7 +77,8 @@ class Profile:
     per_phase: int         # generated videos per phase and model
     phases: int            # phases prompted (the first of the twelve with held-out instructions)
     sample_steps: int
-    guidance: float
+    guidance: float        # 1: no classifier-free guidance (the trainer has no caption dropout, so the model
+                           # never learned an unconditional prediction to guide from)
     classifier: str
     clip_frames: int
     clip_size: int
@@ -87,13 +88,13 @@ class Profile:
 
 
 MINI = Profile(videos=60, holdout=12, small_train=12, width=192, height=128, phases_per_video=(3, 6),
-               seconds=(3.0, 6.0), model="mini", frames=17, vae_frames=9, vae_steps=2000, vae_batch=8,
-               tpt_config="mini-tpt", tpt_steps=3000, p2ft_config="mini-p2ft", p2ft_steps=1000, per_phase=6, phases=12,
-               sample_steps=30, guidance=5.0, classifier="r2plus1d_18", clip_frames=16, clip_size=112,
-               clips_per_segment=3, epochs=15, batch=16)
+               seconds=(3.0, 6.0), model="mini", frames=17, vae_frames=9, vae_steps=1500, vae_batch=8,
+               tpt_config="mini-tpt", tpt_steps=2500, p2ft_config="mini-p2ft", p2ft_steps=800, per_phase=6, phases=12,
+               sample_steps=30, guidance=1.0, classifier="r2plus1d_18", clip_frames=16, clip_size=112,
+               clips_per_segment=3, epochs=12, batch=16)
 TOY = Profile(videos=5, holdout=2, small_train=2, width=96, height=64, phases_per_video=(2, 3), seconds=(2.5, 3.0),
               model="tiny", frames=9, vae_frames=9, vae_steps=3, vae_batch=1, tpt_config="tiny-tpt", tpt_steps=4,
-              p2ft_config="tiny-p2ft", p2ft_steps=2, per_phase=1, phases=4, sample_steps=2, guidance=5.0,
+              p2ft_config="tiny-p2ft", p2ft_steps=2, per_phase=1, phases=4, sample_steps=2, guidance=1.0,
               classifier="mvit_v2_tiny", clip_frames=8, clip_size=32, clips_per_segment=1, epochs=1, batch=4)
 
 
@@ -184,10 +185,15 @@ class Experiment:
                                 lambda lab: lab["video"] not in held and lab["privacy_preserved"])
         real = mx.write_real_listing(self.splits / "holdout_clean.csv", self.dataset, labels,
                                      lambda lab: lab["video"] in held and lab["privacy_preserved"])
-        overlaid = sum(1 for lab in labels.values() if lab["video"] not in held and lab["overlay"])
+        overlaid = [lab for lab in labels.values() if lab["overlay"]]
+        plain = [lab for lab in labels.values() if not lab["overlay"]]
         return {"kept_clips": len(labels), "train_clips": train, "train_privacy_preserved": clean,
-                "train_clips_with_overlay": overlaid, "holdout_videos": holdout, "holdout_clean_clips": real,
-                "phases": mx.counts_by(labels, "phase")}
+                "train_clips_with_overlay": sum(lab["video"] not in held for lab in overlaid),
+                "privacy_filter": {"overlay_clips": len(overlaid),  # against the world's ground truth
+                                   "overlay_clips_flagged": sum(not lab["privacy_preserved"] for lab in overlaid),
+                                   "clean_clips": len(plain),
+                                   "clean_clips_flagged": sum(not lab["privacy_preserved"] for lab in plain)},
+                "holdout_videos": holdout, "holdout_clean_clips": real, "phases": mx.counts_by(labels, "phase")}
 
     def model(self) -> dict:
         from ophora.synthetic.mini_model import make_mini_model
@@ -270,7 +276,8 @@ class Experiment:
         result = self._downstream(folder / "run", annotations, videos, splits)
         test = result["runs"]["real"]["test"]
         return {"phase_accuracy": test["segment"]["top1"], "macro_f1": test["segment"]["macro_f1"],
-                "test_videos": result["splits"]["test"]["videos"], "classifier_train_videos": len(train)}
+                "test_videos": result["splits"]["test"]["videos"], "classifier_train_videos": len(train),
+                "classes": len(result["phases"])}
 
     def downstream(self) -> dict:
         """A small real training set, with and without the P2FT videos, tested on the held-out real videos."""
@@ -356,6 +363,8 @@ def figure(results: dict, path: Path) -> None:
         bars = ax.bar([k.replace("_", " ") for k in keys], [values[k] for k in keys], color=("#c0504d", "#4f81bd"))
         ax.bar_label(bars, fmt="%.3g")
         ax.set_title(title, fontsize=10)
+        if "FVD" not in title:  # the others are shares and accuracies
+            ax.set_ylim(0, 1.05)
     fig.suptitle(f"mini Ophora ({results['profile']}, {results['device']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -363,8 +372,8 @@ def figure(results: dict, path: Path) -> None:
 
 
 def frame_grid(out: Path, prompts: list[dict], path: Path) -> int:
-    """One row per phase: the middle frame of a held-out real clip of it, of the first TPT and of the first P2FT
-    video of it; returns the rows drawn."""
+    """One row per phase: the middle frame of a real clip of it (held out where one is), of the first TPT and
+    of the first P2FT video of it; returns the rows drawn."""
     import cv2
     import numpy as np
 
@@ -376,7 +385,8 @@ def frame_grid(out: Path, prompts: list[dict], path: Path) -> int:
     rows = []
     for phase in dict.fromkeys(r["phase"] for r in prompts):
         first = next(r[ID_COLUMN] for r in prompts if r["phase"] == phase)
-        real = next((c for c, lab in sorted(labels.items()) if lab["phase"] == phase and lab["video"] in held), None)
+        real = min((c for c, lab in labels.items() if lab["phase"] == phase),  # a held-out clip where there is one
+                   key=lambda c: (labels[c]["video"] not in held, c), default=None)
         paths = [out / "dataset" / "clips" / f"{real}.mp4" if real else None,
                  *(out / "samples" / m / manifests[m][first]["path"] if first in manifests[m] else None
                    for m in ("tpt", "p2ft"))]
@@ -387,7 +397,7 @@ def frame_grid(out: Path, prompts: list[dict], path: Path) -> int:
         cv2.putText(label, phase[:20], (4, h // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
         rows.append(np.concatenate([label, *tiles], axis=1))
     header = np.full((18, rows[0].shape[1], 3), 255, np.uint8)
-    for k, text in enumerate(("held-out real", "TPT", "P2FT")):
+    for k, text in enumerate(("real", "TPT", "P2FT")):
         cv2.putText(header, text, (150 + k * (rows[0].shape[1] - 150) // 3 + 4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (0, 0, 0), 1, cv2.LINE_AA)
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([header, *rows]), cv2.COLOR_RGB2BGR))
@@ -402,16 +412,18 @@ def device_name(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def report(out: Path, steps: Steps, profile_name: str, profile: Profile, device: str, results_dir: Path) -> Path:
+def report(out: Path, steps: Steps, profile_name: str, profile: Profile, device: str, results_dir: Path,
+           command: str) -> Path:
     d = steps.done
     prompts = mx.read_rows(out / "splits" / "prompts.csv")
     results = {
         "profile": profile_name, "numbers": "toy CPU run: plumbing only, not evidence" if profile_name == "toy" else
-        "mini run", "device": device_name(device), "command": " ".join(["python", *sys.argv]),
+        "mini run", "device": device_name(device), "command": command,
         "leakage_rate": {"tpt": d["evaluate_tpt"]["leakage_rate"], "p2ft": d["evaluate_p2ft"]["leakage_rate"]},
         "training_clips_with_overlay": d["curate"]["train_clips_with_overlay"] / max(1, d["curate"]["train_clips"]),
+        "privacy_filter": d["curate"]["privacy_filter"],
         "phase_accuracy": {"tpt": d["phases_tpt"]["phase_accuracy"], "p2ft": d["phases_p2ft"]["phase_accuracy"],
-                           "chance": 1 / len({r["phase"] for r in prompts})},
+                           "chance": 1 / d["phases_tpt"]["classes"]},  # the classifier's phases
         "downstream_top1": {"real": d["downstream"]["top1"]["real"],
                             "real_plus_generated": d["downstream"]["top1"]["real+generated"]},
         "fvd": {"tpt": d["evaluate_tpt"]["fvd"], "p2ft": d["evaluate_p2ft"]["fvd"],
@@ -462,7 +474,7 @@ def run(args: argparse.Namespace) -> Path:
     steps.run("downstream", exp.downstream)
     results_dir = Path(args.results) if args.results else (out / "results" if args.toy else
                                                            Path(__file__).resolve().parent / "results")
-    return report(out, steps, profile_name, profile, args.device, results_dir)
+    return report(out, steps, profile_name, profile, args.device, results_dir, args.command)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -480,6 +492,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.command = " ".join(["python", "benchmarks/mini_ophora.py", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code = 0
     try:
