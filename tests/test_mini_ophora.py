@@ -167,3 +167,34 @@ def test_the_toy_experiment_runs_end_to_end_and_a_rerun_skips_every_step(mini, t
     assert mini.main(argv) == 0  # every step is done: nothing runs again, the report is rewritten alike
     assert (out / mini.STEPS_FILE).read_text() == before and video.stat().st_mtime_ns == mtime
     assert json.loads((out / "results" / "mini_ophora.json").read_text())["leakage_rate"] == results["leakage_rate"]
+
+
+def test_the_mini_model_has_a_trained_vae_with_unit_variance_latents(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from ophora.core.media import write_video
+    from ophora.core.models import load_pipeline
+    from ophora.synthetic.mini_model import _to_unit, frame_windows, make_mini_model
+    from ophora.synthetic.random_pipeline import SIZES, random_pipeline, train_tokenizer
+
+    t = np.arange(18)[:, None, None]
+    x = np.arange(64)[None, None, :]
+    frames = np.repeat(((np.sin((x + 3 * t) / 5) + 1) * 120).astype(np.uint8)[..., None], 3, -1)
+    frames = np.broadcast_to(frames, (18, 48, 64, 3)).copy()
+    clip = write_video(tmp_path / "clip.mp4", frames, 8.0)
+
+    record = make_mini_model(tmp_path / "model", [clip], "tiny", 9, 48, 64, vae_steps=2, vae_batch=1)
+    assert record["vae"]["windows"] == 2 and record["vae"]["steps"] == 2 and "random" in record["text_encoder"]
+    pipe = load_pipeline(str(tmp_path / "model"))
+    assert pipe.vae.config.latent_channels == 16 and pipe.transformer.config.num_layers == SIZES["tiny"]["transformer"]["num_layers"]
+
+    # the saved VAE is trained (not the random initialisation of the same seed) ...
+    train_tokenizer(tmp_path / "tok")
+    untrained = random_pipeline("tiny", tmp_path / "tok", seed=0).vae.state_dict()
+    trained = load_file(str(tmp_path / "model" / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(trained[k], untrained[k]) for k in untrained)
+    # ... and its scaling factor gives its posterior means unit standard deviation, recomputed here
+    with torch.no_grad():
+        means = pipe.vae.encode(_to_unit(frame_windows([clip], 9, 48, 64), torch.device("cpu"))).latent_dist.mode()
+    assert abs(float(means.std()) * pipe.vae.config.scaling_factor - 1) < 1e-3
