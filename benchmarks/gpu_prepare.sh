@@ -1,0 +1,15 @@
+# Preparation and training benchmarks on the lent GPU (no diffusers there), run from the repo root; each under
+# 10 minutes. Which wheel folder to carry (README: GPU benchmarks):
+#   PART=prepare (default): carry .whl-prep (diffusers, importlib_metadata, av: the end-to-end run decodes mp4)
+#                           -> $OUT/prepare_gpu_h200.json
+#   PART=train:             carry .whl (diffusers, importlib_metadata, torchao for the float8 variant)
+#                           -> $OUT/train_step_h200.json (+ train_step_partial.jsonl while it runs)
+WHEELS=$([ "${PART:-prepare}" = train ] && echo .whl || echo .whl-prep)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $WHEELS/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+if [ "${PART:-prepare}" = train ]; then
+  python3 benchmarks/train_step.py --out $OUT --checkpoint-blocks 27 --max-batch 4 2>&1 | grep -v -i "warn\|deprec" | tail -30
+else
+  python3 benchmarks/prepare_gpu.py --out $OUT 2>&1 | grep -v -i "warn\|deprec" | tail -40
+fi
