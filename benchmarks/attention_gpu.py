@@ -26,7 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ophora.core.attention import CogVideoXAttention, attention, choose_kernel, fa3_unavailable  # noqa: E402
-from ophora.sample.speed import compile_blocks  # noqa: E402
+from ophora.sample.speed import compile_blocks, uncompile_blocks  # noqa: E402
 
 
 def timed(fn, warm=2, n=5) -> float:
@@ -109,6 +109,7 @@ def main() -> None:
         entry = {}
         if mode:
             torch._dynamo.reset()
+            uncompile_blocks(tr)  # compile_blocks leaves compiled blocks as they are
             compile_blocks(tr, mode=mode)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
