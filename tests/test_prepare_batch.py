@@ -113,3 +113,12 @@ def test_one_failing_clip_in_a_batch_fails_alone(tiny_model, tmp_path, monkeypat
                                     **SMALL))
     assert (summary.made, summary.failed) == (2, 1)
     assert summary.failures[0][0] == "case2_0" and "cuDNN failure" in summary.failures[0][2]
+
+
+def test_bad_encode_batch_is_a_one_line_error(tiny_model, tmp_path, capsys):
+    from ophora.cli import main
+
+    code = main(["prepare", str(tmp_path), "--model", str(tiny_model), "--out", str(tmp_path / "c"),
+                 "--encode-batch", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--encode-batch must be at least 1, got 0" in err and "Traceback" not in err

@@ -27,7 +27,7 @@ from ophora.core.dataset import Pair, read_pairs
 from ophora.prepare.encode import MAX_TOKENS, Encoders, speed_up_vae
 from ophora.prepare.frames import FrameSettings, decode_frames
 from ophora.core.config import option
-from ophora.core.errors import InputError, OphoraError, failure_record
+from ophora.core.errors import ConfigError, InputError, OphoraError, failure_record
 from ophora.core.models import REQUIRED_PARTS, encoder_fingerprint, parse_dtype, resolve_model
 from ophora.core.signals import stop_requests
 
@@ -112,6 +112,8 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     """Encode the dataset's clips into the cache `config.out`; returns this rank's counts."""
     # 1. settings, dataset and model, checked before anything is loaded
     config.frames.check()
+    if config.encode_batch is not None and config.encode_batch < 1:
+        raise ConfigError(f"--encode-batch must be at least 1, got {config.encode_batch}")
     pairs = read_pairs(config.dataset, config.csv)
     folder = resolve_model(config.model, ENCODER_PARTS)
     ranks = init_ranks()
