@@ -248,6 +248,29 @@ def test_a_failing_compile_falls_back_to_eager_blocks(tiny_model, tmp_path, capl
     assert any(r.getMessage().startswith("compile: failed") for r in caplog.records)
 
 
+def test_a_compile_failing_on_a_later_call_falls_back_too(tiny_model, tmp_path, caplog):
+    config = SampleConfig(model=str(tiny_model), out=tmp_path, prompt="Aspirate the cortex.", **SMALL)
+    pipe = prepare_pipeline(config, "cpu")
+    eager = latents(pipe, config, 1)
+    graphs = []
+
+    def second_graph_fails(graph, example_inputs):  # block 1's input strides differ from block 0's: a 2nd graph
+        graphs.append(graph)
+        if len(graphs) > 1:
+            raise RuntimeError("recompile limit")
+        return graph.forward
+
+    torch._dynamo.reset()
+    try:
+        compile_blocks(pipe.transformer, backend=second_graph_fails)
+        with caplog.at_level(logging.WARNING):
+            fallback = latents(pipe, config, 1)
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 2 and torch.equal(fallback, eager)
+    assert any(r.getMessage().startswith("compile: failed") for r in caplog.records)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["fixed", "fbc"])
 def test_gpu_block_level_cache_on_compiled_blocks_matches_eager(tiny_model, tmp_path, mode):

@@ -32,7 +32,8 @@ COMPILE_MODE = "default"
 
 class _CompiledForward:
     """A block's compiled forward. The first call of any block (the compiling, or loading it from the cache) is
-    timed and logged; if compiling fails there, every block of the model runs its eager forward from then on."""
+    timed and logged; if a call fails in the compiled code (no working compiler or Triton, an op dynamo cannot
+    trace, the recompile limit reached), every block of the model runs its eager forward from then on."""
 
     def __init__(self, eager, compiled, status: dict):
         self.eager, self.compiled, self.status = eager, compiled, status
@@ -40,21 +41,20 @@ class _CompiledForward:
     def __call__(self, *args, **kwargs):
         if self.status.get("failed"):
             return self.eager(*args, **kwargs)
-        if self.status.get("ok"):
-            return self.compiled(*args, **kwargs)
         start = time.perf_counter()
         try:
             out = self.compiled(*args, **kwargs)
         except torch.OutOfMemoryError:
             raise
-        except Exception as exc:  # noqa: BLE001 (no working compiler or Triton, an op dynamo cannot trace: eager is exact)
+        except Exception as exc:  # noqa: BLE001 (the block is a pure function: running it eagerly is exact)
             first = (str(exc).strip().splitlines() or [""])[0]
             log.warning("compile: failed (%s: %s); the blocks run uncompiled", type(exc).__name__, first[:200])
             self.status["failed"] = True
             return self.eager(*args, **kwargs)
-        self.status["ok"] = True
-        log.info("compile: first block call %.1f s (compiling, or loading inductor's on-disk cache)",
-                 time.perf_counter() - start)
+        if not self.status.get("ok"):
+            self.status["ok"] = True
+            log.info("compile: first block call %.1f s (compiling, or loading inductor's on-disk cache)",
+                     time.perf_counter() - start)
         return out
 
 
@@ -62,6 +62,9 @@ def compile_blocks(transformer, mode: str | None = COMPILE_MODE, backend: str = 
     """`torch.compile` each transformer block's forward in place (compiled on first use); returns how many.
     Blocks compiled already stay as they are."""
     blocks = list(getattr(transformer, "transformer_blocks", []))
+    # each (video size, attention kernel) takes two graphs (the first block's input has other strides): room for
+    # a Generator's per-call sizes before dynamo's default limit of 8 would stop compiling
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     status: dict = {}
     for block in blocks:
         if "_ophora_eager_forward" in vars(block):
