@@ -153,6 +153,8 @@ def claim(out: Path, settings: dict) -> None:
 
 
 class Experiment:
+    """The steps of the experiment in OUT; each returns what its record in steps.json keeps."""
+
     def __init__(self, out: Path, profile: Profile, device: str, workers: int):
         self.out, self.p, self.device, self.workers = out, profile, device, workers
         self.world, self.dataset = out / "world", out / "dataset"

@@ -168,6 +168,15 @@ def test_the_toy_experiment_runs_end_to_end_and_a_rerun_skips_every_step(mini, t
     assert (out / mini.STEPS_FILE).read_text() == before and video.stat().st_mtime_ns == mtime
     assert json.loads((out / "results" / "mini_ophora.json").read_text())["leakage_rate"] == results["leakage_rate"]
 
+    # the demo takes the P2FT model the run wrote, and samples the twelve phases at the size it was trained for
+    from ophora import cli
+
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--model", results["p2ft_model"]]) == 0
+    made = mx.read_rows(tmp_path / "demo" / "samples" / "manifest.csv")
+    assert len(made) == 12
+    frames, _ = read_video(tmp_path / "demo" / "samples" / made[0]["path"])
+    assert frames.shape == (mini.TOY.frames, mini.TOY.height, mini.TOY.width, 3)
+
 
 def test_the_mini_model_has_a_trained_vae_with_unit_variance_latents(tmp_path):
     import torch
