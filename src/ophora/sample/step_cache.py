@@ -158,7 +158,7 @@ def use_cache(pipe, spec: CacheSpec, guidance: float = 6.0, steps: int | None = 
                 FixedStepHook(state, i == 0, i == len(blocks) - 1), _FIXED_HOOK)
         HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
     elif spec.mode != "none":
-        level = faster_cache.logger.level  # FasterCache warns on every use that it is experimental: said here once
+        level = faster_cache.logger.level  # FasterCache warns on every use that it is experimental (docs/sample.md says so)
         faster_cache.logger.setLevel(logging.ERROR)
         try:
             transformer.enable_cache(_diffusers_config(spec, pipe, guidance))
