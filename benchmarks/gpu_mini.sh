@@ -1,0 +1,17 @@
+# The mini experiment (benchmarks/mini_ophora.py) on one H200 through the device tool, in calls under 10 minutes.
+# .whl-mini/ (git-ignored through .git/info/exclude) holds the wheels that machine lacks, about 61 MB: av 18.1.0,
+# rapidocr-onnxruntime 1.4.4, scenedetect 0.7.2, pyclipper 1.4.0, shapely 2.2.0, platformdirs, diffusers 0.42.1,
+# importlib_metadata (pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl-mini NAME==VER).
+# Carry .whl-mini and nothing else large: the tree that travels may hold 64 MiB in all.
+#   run(command="bash benchmarks/gpu_mini.sh", carry=[".whl-mini"], timeout_s=600)
+# Each call starts no new step after 6 minutes and SIGINTs a running stage at 9:20 (it saves and stops); call
+# again at once (the machine stays warm 30 s) and it continues in /root/mini. The last call, which finishes the
+# report, writes mini_ophora.json, mini_ophora.png and mini_ophora_frames.png to $OUT: copy them into
+# benchmarks/results/. PACK=1 also writes the state as $OUT/state/state.tar.NNN (to carry to a fresh machine:
+# copy them into an ignored folder, carry it, and set UNPACK=that/folder).
+[ -d /tmp/site/av ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl-mini/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+timeout -s INT 560 python3 benchmarks/mini_ophora.py --out /root/mini --device cuda --max-minutes 6 --results "$OUT" \
+  ${PACK:+--pack "$OUT/state"} ${UNPACK:+--unpack "$UNPACK"} 2>&1 | grep -v -i "warn\|deprecat\|it/s\]"
