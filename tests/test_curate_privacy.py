@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
@@ -193,3 +194,81 @@ def test_dark_text_at_the_frame_edge_is_found_by_the_margin_pass(real_data):
     assert found and all(cv2.boundingRect(b.astype(np.int32))[1] < 0.15 * 480 for b in found)  # in the top band
     assert privacy_reason(privacy_scores(dark, np.zeros((0, 1, 1), np.uint8), config), config) == "text"
     assert privacy_reason(privacy_scores(plain, np.zeros((0, 1, 1), np.uint8), config), config) == ""
+
+
+def _detector_frames(real, clip) -> list[np.ndarray]:
+    """The clip's frames once a second at the detector's 640x480, BGR, as curate's scan offers them."""
+    from ophora.synthetic.privacy_clips import FPS, render_clip
+
+    return [cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2BGR), (640, 480), interpolation=cv2.INTER_AREA)
+            for f in render_clip(real, clip)[::int(FPS)]]
+
+
+def test_static_check_finds_a_faint_watermark_on_a_moving_view(real_data):
+    """A large red watermark at alpha 0.3 over the red reflex (after H.264 and the 640-px detector frame no single
+    frame shows the detector a line: benchmarks/privacy_real.py): the temporal median of the high-pass frames
+    shows it; the clean twin and a still view (everything static) give no line."""
+    from ophora.core.privacy import static_boxes
+    from ophora.synthetic.privacy_clips import PrivacyClip
+
+    clip = PrivacyClip("faint", "case_53153_07.png", 430406547, "watermark", "centre", "red", 42)
+    config = PrivacyConfig()
+    frames = _detector_frames(real_data, clip)
+    found = static_boxes(frames, config)
+    assert found and all(abs(b[:, 1].mean() - 240) < 40 for b in found)  # at the frame's centre, where it is
+    scores = privacy_scores(frames, np.zeros((0, 1, 1), np.uint8), config)
+    assert scores["overlay_area"] > 0.005 and privacy_reason({**scores, "text_boxes": 0.0}, config) == "overlay"
+    assert static_boxes(_detector_frames(real_data, PrivacyClip("clean", clip.view, clip.motion_seed)), config) == []
+    rng = np.random.default_rng(0)  # a still view: the same frame under sensor noise; all of it is static
+    still = [np.clip(frames[0] + rng.normal(0, 2, frames[0].shape), 0, 255).astype(np.uint8) for _ in frames]
+    assert static_boxes(still, config) == []
+    assert static_boxes(frames[:config.static_min_frames - 1], config) == []  # too few frames to tell
+
+
+def _scanned(real, clips, folder):
+    """Write the clips (H.264) and run curate's decode pass over each, keeping the source-resolution bands."""
+    from ophora.curate.filters import FilterConfig, scan_source
+    from ophora.curate.segment import Span
+    from ophora.synthetic.privacy_clips import write_privacy_clips
+
+    write_privacy_clips(real, folder, clips)
+    config = PrivacyConfig()
+    return [scan_source(folder / f"{c.name}.mp4", [Span(0.0, c.seconds, "x")], FilterConfig(), 0,
+                        config.ocr_long_side, config.margin_band, config.margin_long_side) for c in clips]
+
+
+def test_scan_keeps_each_detector_frames_bands_at_source_resolution(real_data, tmp_path):
+    """curate's one decode pass stores, beside each 640-px detector frame, its top and bottom bands at the
+    source's 1024x768, matching a decode of the file at that time."""
+    from ophora.core.privacy import band_strip
+    from ophora.synthetic.privacy_clips import PrivacyClip
+
+    config = PrivacyConfig()
+    scan, = _scanned(real_data, [PrivacyClip("c", "sequence:30", 5, "timestamp", "top_left", seconds=3)], tmp_path)
+    strips = scan.ocr_stack(0.0, 3.0, config.frames, strips=True)
+    frames = scan.ocr_stack(0.0, 3.0, config.frames)
+    assert len(strips) == len(frames) == 3 and frames[0].shape == (480, 640, 3)
+    assert all(s.shape == (2 * round(0.15 * 768), 1024, 3) for s in strips)
+    decoded, fps = read_video(tmp_path / "c.mp4")
+    for t, strip in zip(scan.ocr_times, strips):
+        reference = band_strip(cv2.cvtColor(decoded[round(t * fps)], cv2.COLOR_RGB2BGR), config.margin_band)
+        assert np.abs(strip.astype(np.int16) - reference).mean() < 3  # the same pixels, up to JPEG
+
+
+def test_small_dark_corner_text_is_found_in_the_source_resolution_bands(real_data, tmp_path):
+    """12-px black text on the dark drape, through H.264 and curate's scan: illegible in every 640-px detector
+    frame (their bands enlarged included), found in the same bands at the source's 1024 px (in 3-4 of its 6
+    frames); the clean twin's bands hold no line. The static check is off here: it would see the text too."""
+    from ophora.core.privacy import margin_boxes
+    from ophora.synthetic.privacy_clips import PrivacyClip
+
+    config = replace(PrivacyConfig(), overlay=False)
+    clip = PrivacyClip("small", "case_53153_04.png", 160352430, "corner_small", "bottom_right", "black", 12)
+    clean = PrivacyClip("clean", clip.view, clip.motion_seed)
+    no_greys = np.zeros((0, 1, 1), np.uint8)
+    for scan, c in zip(_scanned(real_data, [clip, clean], tmp_path), (clip, clean)):
+        frames, strips = scan.ocr_stack(0.0, 6.0, config.frames), scan.ocr_stack(0.0, 6.0, config.frames, True)
+        assert privacy_scores(frames, no_greys, config)["text_boxes"] == 0
+        assert privacy_reason(privacy_scores(frames, no_greys, config, strips), config) == ("text" if c.kind else "")
+    boxes = [b for f, s in zip(frames, strips) for b in margin_boxes(f, config, s)]
+    assert boxes == []  # the clean twin's

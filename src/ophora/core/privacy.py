@@ -53,7 +53,7 @@ class PrivacyConfig:
     min_fixed_iou: float = 0.7  # a line at the same place (this overlap) in other detector frames is burned in
     min_fixed_frames: int = 2  # ... in at least this many other frames (a light reflex may hold still for one)
     margin_band: float = 0.15  # top and bottom bands (share of the height) searched again, contrast-normalised
-    margin_scale: float = 2.0  # ... and enlarged this much (small corner text, dark text on the dark drape)
+    margin_long_side: int = 1536  # ... at the source's resolution, enlarged to this width (small corner text)
     margin_clahe: float = 6.0  # CLAHE clip limit of that contrast normalisation
     static_window: int = 6  # detector frames (one a second) per temporal median of the static-overlay check
     static_min_frames: int = 4  # fewer frames than this: no static check (too few to tell still from moving)
@@ -128,30 +128,41 @@ def _detect(engine, image: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(b, np.float32) for b in found or []]
 
 
-def margin_boxes(frame: np.ndarray, config: PrivacyConfig) -> list[np.ndarray]:
+def band_strip(frame: np.ndarray, band: float) -> np.ndarray:
+    """The frame's top and bottom bands (`band` of its height each), stacked: where burned-in text sits."""
+    rows = round(band * frame.shape[0])
+    return np.vstack([frame[:rows], frame[frame.shape[0] - rows:]])
+
+
+def margin_boxes(frame: np.ndarray, config: PrivacyConfig, strip: np.ndarray | None = None) -> list[np.ndarray]:
     """Text boxes (in `frame`'s pixels) found in its top and bottom bands after local contrast normalisation.
 
     Burned-in captions, logos and timestamps sit at the frame's edges, often small or dark on the dark drape,
-    where the whole-frame pass misses them; the bands are a small share of the frame, so enlarging them is cheap.
+    where the whole-frame pass misses them; the bands are a small share of the frame, so they are searched
+    enlarged to `margin_long_side`. `strip` is the same bands at the source's resolution (curate's scan keeps
+    them, `band_strip`): 12-px text of a 1024-px source is lost in the 640-px detector frame but not there.
     """
-    h = frame.shape[0]
-    band = int(round(config.margin_band * h))
-    if band < 8 or config.margin_scale <= 0:
+    h, w = frame.shape[:2]
+    strip = band_strip(frame, config.margin_band) if strip is None else strip
+    band = strip.shape[0] // 2  # one band's height, in the strip's pixels
+    if band < 4 or config.margin_long_side <= 0:
         return []
-    lab = cv2.cvtColor(frame, cv2.COLOR_BGR2LAB)
+    lab = cv2.cvtColor(strip, cv2.COLOR_BGR2LAB)
     lab[..., 0] = cv2.createCLAHE(clipLimit=config.margin_clahe, tileGridSize=(8, 8)).apply(lab[..., 0])
-    strip = cv2.cvtColor(np.vstack([lab[:band], lab[h - band:]]), cv2.COLOR_LAB2BGR)
-    strip = cv2.resize(strip, None, fx=config.margin_scale, fy=config.margin_scale, interpolation=cv2.INTER_CUBIC)
-    engine = text_detector(config.threads, round(config.ocr_long_side * config.margin_scale))
+    scale = config.margin_long_side / strip.shape[1]
+    big = cv2.resize(cv2.cvtColor(lab, cv2.COLOR_LAB2BGR), None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    engine = text_detector(config.threads, config.margin_long_side)
+    source_h = h * strip.shape[1] / w  # the frame's height in the strip's pixels
     boxes = []
-    for box in _detect(engine, strip):
-        box = box / config.margin_scale
+    for box in _detect(engine, big):
+        box = box / scale
         top, bottom = float(box[:, 1].min()), float(box[:, 1].max())
-        if bottom <= band:
-            boxes.append(box)
-        elif top >= band:  # the bottom band: back to its place in the frame
-            boxes.append(box + np.float32([0, h - 2 * band]))
-    return boxes  # a box across the seam joins the two bands: not one line of the frame
+        if top >= band:  # the bottom band: back to its place in the frame
+            box = box + np.float32([0, source_h - 2 * band])
+        elif bottom > band:
+            continue  # a box across the seam joins the two bands: not one line of the frame
+        boxes.append(box * np.float32(w / strip.shape[1]))
+    return boxes
 
 
 def _new(box: np.ndarray, boxes: list[np.ndarray]) -> bool:
@@ -160,19 +171,21 @@ def _new(box: np.ndarray, boxes: list[np.ndarray]) -> bool:
     return all(cv2.pointPolygonTest(other.reshape(-1, 1, 2), centre, False) < 0 for other in boxes)
 
 
-def text_scores(frames: list[np.ndarray], config: PrivacyConfig) -> dict[str, float]:
+def text_scores(frames: list[np.ndarray], config: PrivacyConfig,
+                strips: list[np.ndarray] | None = None) -> dict[str, float]:
     """Largest fraction of a frame covered by text lines, and the most lines in one frame.
 
-    Boxes come from the whole frame and from its contrast-normalised, enlarged margins (`margin_boxes`). A box
+    Boxes come from the whole frame and from its contrast-normalised, enlarged margins (`margin_boxes`, from
+    `strips`, the frames' bands at the source's resolution, where given). A box
     is a text line when it has a line's shape (`_is_text_line`) and either the stroke texture of letters
     (`stroke_transitions`) or stays at the same place in two more of the clip's frames (burned in, while
     reflexes and bubbles move with the view).
     """
     engine = text_detector(config.threads, config.ocr_long_side)
     lines = []
-    for frame in frames:
+    for i, frame in enumerate(frames):
         boxes = _detect(engine, frame)
-        boxes += [b for b in margin_boxes(frame, config) if _new(b, boxes)]
+        boxes += [b for b in margin_boxes(frame, config, strips[i] if strips else None) if _new(b, boxes)]
         lines.append([b for b in boxes if _is_text_line(b, frame.shape[0], config)])
     area, count = 0.0, 0
     for i, frame in enumerate(frames):
@@ -281,11 +294,12 @@ def vlm_flag(frames: list[np.ndarray], config: PrivacyConfig) -> float:
     raise EndpointError(f"vlm privacy endpoint {public_url(url)} failed after {config.vlm_retries} tries ({error})")
 
 
-def privacy_scores(frames: list[np.ndarray], greys: np.ndarray, config: PrivacyConfig) -> dict[str, float]:
-    """All privacy scores of one clip (absent detectors score 0)."""
+def privacy_scores(frames: list[np.ndarray], greys: np.ndarray, config: PrivacyConfig,
+                   strips: list[np.ndarray] | None = None) -> dict[str, float]:
+    """All privacy scores of one clip (absent detectors score 0); `strips`: the frames' bands at source resolution."""
     scores = {"text_area": 0.0, "text_boxes": 0.0, "overlay_area": 0.0, "vlm_flag": 0.0}
     if config.backend == "ocr" and frames:
-        scores.update(text_scores(frames, config))
+        scores.update(text_scores(frames, config, strips))
     if config.backend == "ocr" and config.overlay:
         h, w = frames[0].shape[:2] if frames else (1, 1)
         fixed = sum(cv2.contourArea(b) for b in static_boxes(frames, config)) / (h * w)

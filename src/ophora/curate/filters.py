@@ -20,6 +20,7 @@ from ophora.curate.segment import Span
 from ophora.core.config import option
 from ophora.core.errors import ConfigError, MediaError
 from ophora.core.media import iter_frames
+from ophora.core.privacy import band_strip
 
 SCENE_SIZE = (128, 72)
 
@@ -65,6 +66,7 @@ class SourceScan:
     greys: list[np.ndarray] = field(default_factory=list)
     ocr_times: list[float] = field(default_factory=list)
     ocr_frames: list[bytes] = field(default_factory=list)  # JPEG: an hour of narration stays ~150 MB
+    ocr_strips: list[bytes] = field(default_factory=list)  # JPEG: their top and bottom bands at source resolution
     last_time: float = 0.0
 
     @property
@@ -77,9 +79,10 @@ class SourceScan:
         picked = [f for t, f in zip(self.grey_times, self.greys) if start <= t < end]
         return np.stack(picked) if picked else np.zeros((0, 1, 1), np.uint8)
 
-    def ocr_stack(self, start: float, end: float, count: int) -> list[np.ndarray]:
-        """Up to `count` OCR frames from [start, end), spread evenly."""
-        inside = [f for t, f in zip(self.ocr_times, self.ocr_frames) if start <= t < end]
+    def ocr_stack(self, start: float, end: float, count: int, strips: bool = False) -> list[np.ndarray]:
+        """Up to `count` OCR frames (or their band strips) from [start, end), spread evenly."""
+        images = self.ocr_strips if strips else self.ocr_frames
+        inside = [f for t, f in zip(self.ocr_times, images) if start <= t < end]
         if len(inside) > count:
             inside = [inside[i] for i in np.linspace(0, len(inside) - 1, count).round().astype(int)]
         return [cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR) for f in inside]
@@ -101,8 +104,9 @@ def _small(frame, size: tuple[int, int], pixel_format: str) -> np.ndarray:
 
 
 def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: int = 0,
-                ocr_long_side: int = 640) -> SourceScan:
-    """Decode `path` once and collect keyframes, scene cuts, grey frames and OCR frames (inside `spans`)."""
+                ocr_long_side: int = 640, band: float = 0.0, band_long_side: int = 1536) -> SourceScan:
+    """Decode `path` once and collect keyframes, scene cuts, grey frames and OCR frames (inside `spans`); with
+    `band` > 0 also each OCR frame's top and bottom bands at source resolution (at most `band_long_side` wide)."""
     detectors = [ContentDetector(threshold=config.scene_threshold, min_scene_len=2),
                  ThresholdDetector(threshold=config.fade_threshold, min_scene_len=2)]
     scan: SourceScan | None = None
@@ -110,13 +114,14 @@ def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: i
     bounds = sorted((s.start, s.end) for s in spans)
     current = 0  # the first span not yet over
     next_grey = next_ocr = 0.0
-    grey_size = ocr_size = (0, 0)
+    grey_size = ocr_size = strip_size = (0, 0)
     for t, frame in iter_frames(path, reference_only=config.reference_frames_only):
         if scan is None:
             w, h = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
             scan = SourceScan(width=w, height=h)
             grey_size = _size(frame.width, frame.height, config.grey_width)
             ocr_size = _size(frame.width, frame.height, ocr_long_side)
+            strip_size = _size(frame.width, frame.height, band_long_side)
         if frame.key_frame:
             scan.keyframes.append(t)
         # One scaler pass per frame (reading a full-size frame is the cost); smaller views come from it.
@@ -141,6 +146,11 @@ def scan_source(path: Path, spans: list[Span], config: FilterConfig, rotation: i
             bgr = _rotate(_small(frame, ocr_size, "bgr24"), rotation)
             scan.ocr_times.append(t)
             scan.ocr_frames.append(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+            if band > 0:
+                strip = band_strip(_rotate(_small(frame, strip_size, "bgr24"), rotation), band)
+                # quality 97: at 90 the JPEG blurs small dark text on the dark drape away (about 1.3x the bytes
+                # of the 640-px frame at 90)
+                scan.ocr_strips.append(cv2.imencode(".jpg", strip, [cv2.IMWRITE_JPEG_QUALITY, 97])[1].tobytes())
             # on a regular grid, not from this frame's time: text shown for one interval is sampled
             next_ocr += config.ocr_interval
             if next_ocr <= t:

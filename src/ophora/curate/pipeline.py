@@ -259,7 +259,8 @@ def judge_clip(job: SourceJob, index: int, scan, rotation: int, config: CurateCo
         return {**row, "reason": reason}
     if not instruction:
         return {**row, "reason": "no_instruction"}
-    pscores = privacy_scores(scan.ocr_stack(a, b, config.privacy.frames), greys, config.privacy)
+    pscores = privacy_scores(scan.ocr_stack(a, b, config.privacy.frames), greys, config.privacy,
+                             scan.ocr_stack(a, b, config.privacy.frames, strips=True))
     row.update(pscores, privacy_reason=privacy_reason(pscores, config.privacy))
     try:
         a, b = write_clip(job.path, config.out / "clips" / f"{clip_id}.mp4", a, b, rotation, config)
@@ -296,7 +297,8 @@ def process_source(job: SourceJob, config: CurateConfig) -> dict:
                               for i, s in enumerate(job.spans)]
         else:
             spans = [Span(s[0], s[1], s[2]) for s in job.spans]
-            scan = scan_source(Path(job.path), spans, config.filters, rotation, config.privacy.ocr_long_side)
+            scan = scan_source(Path(job.path), spans, config.filters, rotation, config.privacy.ocr_long_side,
+                               config.privacy.margin_band, config.privacy.margin_long_side)
             scan.fps = info.fps
             record["rows"] = [judge_clip(job, i, scan, rotation, config) for i in range(len(job.spans))]
     except (MediaError, av.error.FFmpegError) as exc:

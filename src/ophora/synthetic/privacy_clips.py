@@ -64,14 +64,14 @@ def views(real: Path) -> list[str]:
 
 def plan_clips(real: Path, per_kind: int = 4, seed: int = 0) -> list[PrivacyClip]:
     """`per_kind` overlay clips of each kind, varied in view, position, colour, size and display time, and a clean
-    twin of each."""
+    twin of each. Another `seed` also pairs the kinds with other views (seed 0 keeps the first pairing)."""
     rng = np.random.default_rng(seed)
     pool = views(real)
     durations = (1.0, 2.0, 1.0, SECONDS)  # a quarter shown the whole clip, half for one second
     clips = []
     for k, kind in enumerate(KINDS):
         for i in range(per_kind):
-            view = pool[(k * per_kind + i) % len(pool)]
+            view = pool[(k * per_kind + i + 7 * seed) % len(pool)]
             shown = SECONDS if kind in {"logo", "watermark", "timestamp"} else durations[i % len(durations)]
             position = ("centre" if kind == "watermark" else
                         POSITIONS[int(rng.integers(2, 6))] if kind in {"logo", "corner_small", "timestamp"} else
