@@ -79,23 +79,26 @@ class Profile:
     sample_steps: int
     guidance: float        # 1: no classifier-free guidance (the trainer has no caption dropout, so the model
                            # never learned an unconditional prediction to guide from)
-    classifier: str
+    classifier: str        # ophora downstream's --model, and its clip settings
     clip_frames: int
     clip_size: int
+    clip_fps: float
     clips_per_segment: int
     epochs: int
     batch: int
+    lr: float
 
 
 MINI = Profile(videos=60, holdout=12, small_train=12, width=192, height=128, phases_per_video=(3, 6),
                seconds=(3.0, 6.0), model="mini", frames=17, vae_frames=9, vae_steps=1500, vae_batch=8,
                tpt_config="mini-tpt", tpt_steps=2500, p2ft_config="mini-p2ft", p2ft_steps=800, per_phase=6, phases=12,
-               sample_steps=30, guidance=1.0, classifier="r2plus1d_18", clip_frames=16, clip_size=112,
-               clips_per_segment=3, epochs=12, batch=16)
+               sample_steps=30, guidance=1.0, classifier="mvit_v2_tiny", clip_frames=8, clip_size=32, clip_fps=4.0,
+               clips_per_segment=2, epochs=12, batch=8, lr=2e-3)  # the classifier: tests/test_surgery_world.py's
 TOY = Profile(videos=5, holdout=2, small_train=2, width=96, height=64, phases_per_video=(2, 3), seconds=(2.5, 3.0),
               model="tiny", frames=9, vae_frames=9, vae_steps=3, vae_batch=1, tpt_config="tiny-tpt", tpt_steps=4,
               p2ft_config="tiny-p2ft", p2ft_steps=2, per_phase=1, phases=4, sample_steps=2, guidance=1.0,
-              classifier="mvit_v2_tiny", clip_frames=8, clip_size=32, clips_per_segment=1, epochs=1, batch=4)
+              classifier="mvit_v2_tiny", clip_frames=8, clip_size=32, clip_fps=8.0, clips_per_segment=1, epochs=1,
+              batch=4, lr=1e-3)
 
 
 class Stopped(Exception):
@@ -262,8 +265,9 @@ class Experiment:
         p = self.p
         ophora("downstream", "--annotations", ",".join(map(str, annotations)), "--videos", videos, "--out", out,
                "--splits", splits, "--model", p.classifier, "--clip-frames", p.clip_frames, "--clip-size", p.clip_size,
-               "--clips-per-segment", p.clips_per_segment, "--epochs", p.epochs, "--batch-size", p.batch,
-               "--lr", 1e-3, "--workers", min(self.workers, 4), "--device", self.device, *extra)
+               "--clip-fps", p.clip_fps, "--clips-per-segment", p.clips_per_segment, "--epochs", p.epochs,
+               "--batch-size", p.batch, "--lr", p.lr, "--workers", min(self.workers, 4), "--device", self.device,
+               *extra)
         return read_json(out / "results.json", "the downstream results")
 
     def phases(self, model: str) -> dict:
