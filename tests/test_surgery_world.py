@@ -250,3 +250,14 @@ def test_a_small_video_network_learns_the_twelve_phases_at_32x32(tmp_path):
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(result["phases"]) == 12
     assert result["runs"]["real"]["test"]["segment"]["top1"] >= 0.5
+
+
+def test_phase_sheet_shows_every_phase(tmp_path):
+    from ophora.synthetic.phase_videos import phase_sheet
+
+    image = cv2.imread(str(phase_sheet(tmp_path / "sheet.png", size=(96, 64), columns=4)))
+    assert image.shape == (3 * (64 + 22), 4 * 96, 3)
+    tiles = [image[r * 86:r * 86 + 64, c * 96:(c + 1) * 96] for r in range(3) for c in range(4)]
+    assert len(SIGNATURES) == len(tiles) == 12
+    # every phase looks different from every other one
+    assert min(np.abs(a.astype(int) - b).mean() for i, a in enumerate(tiles) for b in tiles[i + 1:]) > 3

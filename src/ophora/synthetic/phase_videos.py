@@ -325,6 +325,23 @@ def write_phase_video(path: Path, size: tuple[int, int], fps: float, spans: Sequ
     return path
 
 
+def phase_sheet(path: str | Path, size: tuple[int, int] = (192, 128), columns: int = 4, seed: int = 0) -> Path:
+    """One labelled frame of each Cataract-1K phase, as the world renders it, in a grid image at `path` (PNG)."""
+    tiles = []
+    for k, phase in enumerate(SIGNATURES):
+        frame = cv2.cvtColor(render_phase(EyeScene(*size, seed=seed + k), phase, 1.0 + 0.37 * k), cv2.COLOR_RGB2BGR)
+        label = np.full((22, size[0], 3), 255, np.uint8)
+        cv2.putText(label, phase, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (20, 20, 20), 1, cv2.LINE_AA)
+        tiles.append(np.vstack([frame, label]))
+    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % columns)
+    rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.vstack(rows)):
+        raise OSError(f"cannot write {path}")
+    return path
+
+
 def write_cataract1k_annotations(folder: Path, case: str, spans: Sequence[Span], fps: float) -> None:
     """`<case>_annotations_phases.csv` and `<case>_video.csv` in `folder`, as Cataract-1K writes them.
 
