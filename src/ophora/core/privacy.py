@@ -54,6 +54,7 @@ class PrivacyConfig:
     min_fixed_frames: int = 2  # ... in at least this many other frames (a light reflex may hold still for one)
     margin_band: float = 0.15  # top and bottom bands (share of the height) searched again, contrast-normalised
     margin_long_side: int = 1536  # ... at the source's resolution, enlarged to this width (small corner text)
+    margin_max_enlarge: float = 2.0  # ... but at most this much (a small source's texture enlarged 8x reads as text)
     margin_clahe: float = 6.0  # CLAHE clip limit of that contrast normalisation
     static_window: int = 6  # detector frames (one a second) per temporal median of the static-overlay check
     static_min_frames: int = 4  # fewer frames than this: no static check (too few to tell still from moving)
@@ -139,7 +140,7 @@ def margin_boxes(frame: np.ndarray, config: PrivacyConfig, strip: np.ndarray | N
 
     Burned-in captions, logos and timestamps sit at the frame's edges, often small or dark on the dark drape,
     where the whole-frame pass misses them; the bands are a small share of the frame, so they are searched
-    enlarged to `margin_long_side`. `strip` is the same bands at the source's resolution (curate's scan keeps
+    enlarged to `margin_long_side` (at most `margin_max_enlarge` times). `strip` is the same bands at the source's resolution (curate's scan keeps
     them, `band_strip`): 12-px text of a 1024-px source is lost in the 640-px detector frame but not there.
     """
     h, w = frame.shape[:2]
@@ -149,7 +150,7 @@ def margin_boxes(frame: np.ndarray, config: PrivacyConfig, strip: np.ndarray | N
         return []
     lab = cv2.cvtColor(strip, cv2.COLOR_BGR2LAB)
     lab[..., 0] = cv2.createCLAHE(clipLimit=config.margin_clahe, tileGridSize=(8, 8)).apply(lab[..., 0])
-    scale = config.margin_long_side / strip.shape[1]
+    scale = min(config.margin_long_side / strip.shape[1], config.margin_max_enlarge)
     big = cv2.resize(cv2.cvtColor(lab, cv2.COLOR_LAB2BGR), None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
     engine = text_detector(config.threads, config.margin_long_side)
     source_h = h * strip.shape[1] / w  # the frame's height in the strip's pixels
