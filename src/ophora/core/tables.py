@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 from ophora.core.errors import InputError
 from ophora.core.files import NAME_MAX
 
 ID_COLUMN = "clip id"  # the id column of every project CSV (prompt files, Ophora-160K lists, manifests)
+
+
+def slug(text: str) -> str:
+    """Lower-case letters and digits joined by `_`: `Irrigation/Aspiration` -> `irrigation_aspiration`. Names
+    compared loosely (phases, criteria) agree by it, and clip ids of a phase are made from it."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
 def csv_row(record: dict) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from ophora.core.models import fingerprint
 from ophora.core.pools import kill_pool, start_pool
 from ophora.core.ranks import Ranks, barrier, init_ranks, pick_device
 from ophora.core.signals import Interrupted, stop_requests
-from ophora.core.tables import ID_COLUMN, csv_text
+from ophora.core.tables import ID_COLUMN, csv_text, slug
 from ophora.core.versions import versions
 from ophora.downstream.annotations import Segment, read_annotations, summary
 from ophora.downstream.clips import Clip, ClipSettings, cached_clips, decode_clips, plan_clips, plan_digest, \
@@ -54,11 +53,6 @@ class Job:
     path: Path
     segments: tuple[Segment, ...]
     generated: bool = False
-
-
-def phase_key(phase: str) -> str:
-    """A phase name compared loosely: `Irrigation/Aspiration`, `irrigation_aspiration` and `Irrigation Aspiration` agree."""
-    return re.sub(r"[^a-z0-9]+", "_", phase.lower()).strip("_")
 
 
 def index_videos(folder: Path) -> tuple[dict[str, Path], set[str]]:
@@ -98,12 +92,12 @@ def read_generated(specs: list[Path]) -> list[tuple[Path, Video]]:
 
 def generated_jobs(videos: list[tuple[Path, Video]], phases: list[str], mapping: dict[str, str], refuse) -> list[Job]:
     """One job per generated video whose phase is an annotated one; the others are refused with a reason."""
-    known = {phase_key(p): p for p in phases}
+    known = {slug(p): p for p in phases}  # compared loosely: `Irrigation/Aspiration` = `irrigation_aspiration`
     jobs = []
     for manifest, video in videos:
         source = f"{manifest}:{video.line}"
         named = mapping.get(video.id.rsplit("/", 1)[0], video.phase)
-        phase = known.get(phase_key(named))
+        phase = known.get(slug(named))
         if phase is None:
             refuse(source, video.id, f"phase {named!r} is not an annotated phase ({', '.join(phases)}); "
                                      "name it in --phase-map")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ophora.core.errors import InputError
-from ophora.core.tables import read_text_file
+from ophora.core.tables import read_text_file, slug
 
 SCALE = (1, 5)  # every criterion is rated on this scale (1 = not at all, 5 = fully)
 
@@ -30,10 +29,6 @@ DEFAULT_CRITERIA = (
 )
 
 
-def _key(label: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
-
-
 def read_criteria(path: Path) -> tuple[Criterion, ...]:
     """Criteria from a UTF-8 text file: one a line, `Label` or `Label: explanation`; blank and # lines skipped."""
     criteria, seen = [], set()
@@ -42,7 +37,7 @@ def read_criteria(path: Path) -> tuple[Criterion, ...]:
         if not line or line.startswith("#"):
             continue
         label, _, help_text = (part.strip() for part in line.partition(":"))
-        key = _key(label)
+        key = slug(label)
         if not key:
             raise InputError(f"{path} line {number}: a criterion needs a name with letters or digits")
         if len(label) > 80 or len(help_text) > 300:

@@ -10,23 +10,17 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from collections import defaultdict
 from pathlib import Path
 
 from ophora.core.errors import InputError
 from ophora.core.files import read_json, write_csv
 from ophora.core.media import probe_video
-from ophora.core.tables import ID_COLUMN
+from ophora.core.tables import ID_COLUMN, slug
 
 PROMPT_COLUMNS = (ID_COLUMN, "instruction", "phase", "source")
 LISTING_COLUMNS = (ID_COLUMN, "n", "prompt", "path", "phase")
 OPHNET_COLUMNS = ("video_id", "start", "end", "split", "phase_id")
-
-
-def slug(phase: str) -> str:
-    """A phase as a clip-id stem: `Irrigation/Aspiration` -> `irrigation_aspiration`."""
-    return re.sub(r"[^a-z0-9]+", "_", phase.lower()).strip("_")
 
 
 def read_truth(world: Path) -> dict:

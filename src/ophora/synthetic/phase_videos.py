@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 
 from ophora.core.media import VideoWriter
 from ophora.core.seeds import derived_seed
+from ophora.core.tables import slug
 from ophora.synthetic.narrated_videos import EyeScene
 
 # The twelve phases of Cataract-1K in surgical order, spelled as in its annotation files ("Pulishing" sic).
@@ -386,7 +386,7 @@ def make_generated_phase_videos(out: str | Path, counts: dict[str, int], seconds
     out = Path(out)
     rows = []
     for phase, count in counts.items():
-        clip_id = re.sub(r"[^a-z0-9]+", "_", phase.lower()).strip("_") + "_1"
+        clip_id = slug(phase) + "_1"
         for n in range(count):
             (out / clip_id).mkdir(parents=True, exist_ok=True)
             write_phase_video(out / clip_id / f"{n}.mp4", size, fps, [(0.0, seconds, phase)],
