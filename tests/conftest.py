@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -16,6 +17,27 @@ def tiny_model(tmp_path_factory) -> Path:
     from ophora.synthetic.random_pipeline import make_random_model
 
     return make_random_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch's intra-op threads set to `count` inside the block, restored after: one thread is the float reduction
+    order of subprocesses run with OMP_NUM_THREADS=1, and several times faster than two threads on 2 shared cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """The test runs with one torch thread (`torch_threads`)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

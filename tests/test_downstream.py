@@ -20,19 +20,14 @@ from ophora.downstream.metrics import scores
 from ophora.downstream.models import build_model, load_backbone, read_weights
 from ophora.downstream.splits import assign_splits, seeded_splits
 from ophora.synthetic.phase_videos import PHASES, make_generated_phase_videos, make_phase_cases
+from conftest import torch_threads
 
 CATARACT_PHASES = {"Incision", "Viscoelastic", "Capsulorhexis", "Hydrodissection", "Phacoemulsification",
                    "Irrigation/Aspiration", "Capsule Pulishing", "Lens Implantation", "Lens positioning",
                    "Viscoelastic_Suction", "Anterior_Chamber Flushing", "Tonifying/Antibiotics"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread is several times faster than two competing ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ readers
@@ -176,8 +171,6 @@ HELD_OUT = "Lens Implantation"
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory) -> dict:
     """Synthetic surgeries: training cases never show HELD_OUT, test cases do; generated videos add it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # restored below: later tests compare in-process runs with subprocesses
     torch.manual_seed(0)  # whatever earlier tests drew from the global generators
     np.random.seed(0)
     root = tmp_path_factory.mktemp("downstream")
@@ -200,10 +193,8 @@ def experiment(tmp_path_factory) -> dict:
             "--synthetic", str(root / "gen"), "--out", str(root / "out"), "--splits", str(root / "splits.csv"),
             "--model", "mvit_v2_tiny", "--clip-frames", "8", "--clip-size", "32", "--clip-fps", "4",
             "--clips-per-segment", "2", "--epochs", "12", "--batch-size", "8", "--lr", "2e-3", "--workers", "0"]
-    try:
+    with torch_threads(1):  # restored after: later tests compare in-process runs with subprocesses
         code = main(args)
-    finally:
-        torch.set_num_threads(threads)
     return {"root": root, "out": root / "out", "args": args, "code": code,
             "result": json.loads((root / "out" / "results.json").read_text())}
 

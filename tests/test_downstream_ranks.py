@@ -26,13 +26,7 @@ from test_interrupts import ROOT, ctrl_c, finish, last_line, launch, no_survivor
 from test_prepare import free_port
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """As the subprocesses (OMP_NUM_THREADS=1): the same float reduction order, and 2 shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # as the subprocesses (OMP_NUM_THREADS=1)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from ophora.prepare.run import PrepareConfig, prepare
 from ophora.train.config import load_config
 from ophora.train.trainer import train
+from conftest import torch_threads
 from test_prepare import SMALL, free_port, write_synthetic_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -31,12 +32,8 @@ def test_two_process_ddp_equals_the_single_process_equivalent(tiny_model, tmp_pa
            "-m", "ophora", "train", str(CONFIGS / "tiny-tpt.yaml"), *common, "batch_size=1", f"out={tmp_path / 'ddp'}"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the DDP processes (OMP_NUM_THREADS=1): the same float reduction order
-    try:
+    with torch_threads(1):  # as the DDP processes (OMP_NUM_THREADS=1): the same float reduction order
         single = train(load_config(CONFIGS / "tiny-tpt.yaml", [*common, "batch_size=2", "strata=2", f"out={tmp_path / 'one'}"]))
-    finally:
-        torch.set_num_threads(threads)
 
     def records(run: Path) -> list[dict]:
         return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
