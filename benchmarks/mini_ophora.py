@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ophora import cli
-from ophora.core.files import read_json, write_csv, write_json
+from ophora.core.files import as_json_value, differences, read_json, write_csv, write_json
 from ophora.core.tables import ID_COLUMN
 from ophora.synthetic import mini_experiment as mx
 
@@ -143,10 +143,9 @@ def claim(out: Path, settings: dict) -> None:
     """Record the settings of a new OUT, or refuse an OUT made with others."""
     path = out / SETTINGS_FILE
     if path.is_file():
-        old = read_json(path, "the experiment settings")
-        if old != json.loads(json.dumps(settings)):
-            changed = sorted(k for k in settings if old.get(k) != json.loads(json.dumps(settings[k])))
-            raise SystemExit(f"{out} was made with other settings ({', '.join(changed) or 'keys'}); use another --out")
+        changed = differences(read_json(path, "the experiment settings"), as_json_value(settings))
+        if changed:
+            raise SystemExit(f"{out} was made with other settings ({', '.join(changed)} differ); use another --out")
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, settings)
