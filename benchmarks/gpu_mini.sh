@@ -9,9 +9,14 @@
 # report, writes mini_ophora.json, mini_ophora.png and mini_ophora_frames.png to $OUT: copy them into
 # benchmarks/results/. PACK=1 also writes the state as $OUT/state/state.tar.NNN (to carry to a fresh machine:
 # copy them into an ignored folder, carry it, and set UNPACK=that/folder).
-[ -d /tmp/site/av ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl-mini/*.whl || exit 1
+# WHEELS names another folder holding these (e.g. .whl-gpu: these plus the evaluate benchmark's); LIMIT (seconds,
+# default 560) and MINUTES (default 6) shorten a call that ran something else first.
+[ -d /tmp/site/diffusers ] && [ -d /tmp/site/rapidocr_onnxruntime ] || python3 -m pip install -q --no-index --no-deps \
+  --no-compile --no-cache-dir --upgrade --target /tmp/site ${WHEELS:-.whl-mini}/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-timeout -s INT 560 python3 benchmarks/mini_ophora.py --out /root/mini --device cuda --max-minutes 6 --results "$OUT" \
+timeout -s INT ${LIMIT:-560} python3 benchmarks/mini_ophora.py --out /root/mini --device cuda --max-minutes ${MINUTES:-6} --results "$OUT" \
   ${PACK:+--pack "$OUT/state"} ${UNPACK:+--unpack "$UNPACK"} 2>&1 | grep -v -i "warn\|deprecat\|it/s\]"
+# the finished P2FT model (the demo's weights), as parts of at most 15 MiB: cat mini_p2ft.tgz.* | tar -xz
+[ -f "$OUT/mini_ophora.json" ] && tar -C /root/mini/p2ft -cz final | split -b 15m -d - "$OUT/mini_p2ft.tgz."
+true
