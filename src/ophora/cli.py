@@ -107,7 +107,7 @@ def _curate(config) -> int:
     clips = summary["clips"]
     print(f"{clips['kept']} clips kept of {clips['candidates']} ({clips['privacy_preserved']} privacy-preserved) "
           f"-> {config.out / 'report.html'}")
-    return EXIT_PARTIAL if summary["sources"].get("failed") else EXIT_OK
+    return EXIT_PARTIAL if summary["sources"].get("failed") or summary["clips"].get("failed") else EXIT_OK
 
 
 def _prepare(config) -> int:

@@ -216,7 +216,7 @@ def _row(job: SourceJob, index: int, span: tuple, **values) -> dict:
 
 
 def _thumbnail(scan, start: float, end: float, path: Path) -> None:
-    """A small JPEG of the clip for the report (a colour OCR frame, else a grey sample)."""
+    """A small JPEG of the clip for the report (a colour OCR frame, else a grey frame)."""
     frames = scan.ocr_stack(start, end, 1) or list(scan.grey_stack(start, end)[:1])
     if not frames:
         return
@@ -447,6 +447,10 @@ def curate(config: CurateConfig) -> dict:
         except SkipSource as exc:
             skipped.append({"source": source, "reason": exc.reason, "detail": str(exc)})
             log.warning("skipping %s: %s", source, exc)
+        except Exception as exc:  # a bug or a transient failure: recorded, retried on a rerun (core/errors.py)
+            failure = failure_record(exc, log, f"source {source}")
+            skipped.append({"source": source, "reason": "failed",
+                            "detail": f"{failure['error_type']}: {failure['error']}"})
     timings["plan_s"] = time.perf_counter() - t0
 
     # 3. refine every narration at once (the openai backend batches and caches)
@@ -507,6 +511,7 @@ def _summary(config: CurateConfig, refiner, n_sources: int, rows: list[dict], sk
                     "failed": sum(1 for s in skipped if s["reason"] == "failed"),
                     "skipped_by_reason": dict(Counter(s["reason"] for s in skipped))},
         "clips": {"candidates": len(rows), "kept": len(kept),
+                  "failed": sum(1 for r in rows if r["reason"] in TRANSIENT),  # not decided: retried on a rerun
                   "dropped_by_reason": dict(Counter(r["reason"] for r in rows if r["decision"] != "keep")),
                   "privacy_flagged_by_reason": dict(Counter(r["privacy_reason"] for r in kept if r["privacy_reason"])),
                   "privacy_preserved": sum(1 for r in kept if not r["privacy_reason"]),
