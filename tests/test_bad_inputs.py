@@ -13,6 +13,7 @@ import pytest
 
 from ophora import cli
 from ophora.synthetic.narrated_videos import sample_plan, write_narrated_video, write_sidecar
+from review_helpers import make_samples
 from test_train import cache, dataset  # noqa: F401  (the shared module fixtures)
 
 LONG_STEM = "a" * 240  # a 240-byte file name stem
@@ -54,6 +55,10 @@ def command_lines(model: Path, out: str) -> dict[str, list[str]]:
         "make-narrated-videos": ["make-narrated-videos", out],
         "review create": ["review", "create", out, "--generated", str(model)],
         "review export": ["review", "export", str(model), "--out", out],
+        "downstream": ["downstream", "--annotations", str(model), "--videos", str(model), "--out", out],
+        "make-surgery-world": ["make-surgery-world", out],
+        "evaluate --cache": ["evaluate", "--real", str(model), "--generated", str(model), "--out", str(model / "o"),
+                             "--cache", out],
     }
 
 
@@ -69,6 +74,8 @@ def test_unusable_output_folders_are_refused_before_work(command, kind, tmp_path
            "full disk": tmp_path / "new" / "out"}[kind]
     if kind == "read-only file system" and not Path("/sys").is_dir():
         pytest.skip("no /sys on this system")
+    if kind == "full disk" and command == "evaluate --cache":
+        pytest.skip("--out, checked first, is on the same (full) disk")
     if kind == "full disk":
         monkeypatch.setattr("ophora.core.files.shutil.disk_usage", lambda p: shutil._ntuple_diskusage(100, 99, 1))
     line = one_line_error(capsys, *command_lines(tmp_path, str(out))[command])
@@ -202,3 +209,53 @@ def test_bad_sample_settings(tiny_model, tmp_path, capsys, flags, named):
 def test_export_of_something_that_is_not_a_checkpoint(tiny_model, tmp_path, capsys):
     line = one_line_error(capsys, "export", str(tiny_model), str(tmp_path / "out"))
     assert "is not a checkpoint of an ophora run" in line and str(tiny_model) in line
+
+
+# ------------------------------------------------------------------------------------------- listings of videos
+
+@pytest.fixture(scope="module")
+def listed_twice(tmp_path_factory) -> Path:
+    """A sample output folder whose manifest lists one video on two lines."""
+    folder = make_samples(tmp_path_factory.mktemp("samples"), per_phase=1)
+    lines = (folder / "manifest.csv").read_text().splitlines()
+    (folder / "manifest.csv").write_text("\n".join([*lines, lines[1]]) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["evaluate", "downstream", "review create"])
+def test_a_video_listed_twice_is_refused_naming_both_lines(command, listed_twice, tmp_path, capsys):
+    from ophora.synthetic.phase_videos import make_phase_cases
+
+    real = make_phase_cases(tmp_path / "real", {f"case_{i}": ["Incision"] for i in (1, 2, 3)}, seconds=1.0)
+    argv = {"evaluate": ["evaluate", "--real", str(real / "videos"), "--generated", str(listed_twice),
+                         "--metrics", "temporal", "--out", str(tmp_path / "out")],
+            "downstream": ["downstream", "--annotations", str(real / "annotations"), "--videos", str(real / "videos"),
+                           "--synthetic", str(listed_twice), "--out", str(tmp_path / "out")],
+            "review create": ["review", "create", str(tmp_path / "out"), "--generated", str(listed_twice)]}[command]
+    line = one_line_error(capsys, *argv)
+    assert str(listed_twice / "manifest.csv") in line and "lines 2 and 5" in line and "capsulorhexis_1" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_videos_under_one_name_are_refused(tmp_path):
+    from ophora.core.errors import InputError
+    from ophora.core.manifests import read_manifest
+
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("clip id,prompt,path\nincision_1,Cut.,a.mp4\nincision_1,Cut.,b.mp4\n")
+    with pytest.raises(InputError, match="lines 2 and 3 list the same video 'incision_1'"):
+        read_manifest(manifest)
+    manifest.write_text("clip id,n,prompt,path\nincision_1,0,Cut.,a.mp4\nincision_1,1,Cut.,b.mp4\n")
+    assert [v.id for v in read_manifest(manifest)] == ["incision_1/0", "incision_1/1"]
+
+
+def test_review_settings_that_would_make_broken_links_or_no_interval(listed_twice, tmp_path, capsys):
+    folder = make_samples(tmp_path / "samples", per_phase=1)
+    study = tmp_path / "study"
+    assert cli.main(["review", "create", str(study), "--generated", str(folder)]) == 0
+    capsys.readouterr()
+    for url in ("not a url", "ftp://host/", "http://"):
+        assert "--url" in one_line_error(capsys, "review", "add-rater", str(study), "x", "--url", url)
+    assert "--bootstrap" in one_line_error(capsys, "review", "export", str(study), "--out", str(tmp_path / "e"),
+                                           "--bootstrap", "-1")
+    assert not (tmp_path / "e").exists()

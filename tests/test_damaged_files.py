@@ -185,3 +185,32 @@ def test_a_damaged_cache_index_or_record_is_one_line(file, content, cache, tiny_
     code, line = cli_train(tiny_model, damaged, tmp_path / "run", capsys)
     assert code == 2 and str(damaged / file) in line and "ophora prepare" in line
     assert not (tmp_path / "run").exists()  # found before any work
+
+
+# ------------------------------------------------------------------------------------------- review studies
+
+
+@pytest.mark.parametrize("damage", ["garbage", "another program's database"])
+def test_a_damaged_study_database_is_one_line_for_every_review_command(damage, tmp_path, capsys):
+    import sqlite3
+
+    from review_helpers import make_samples
+
+    study = tmp_path / "study"
+    assert main(["review", "create", str(study), "--generated", str(make_samples(tmp_path / "samples", 1))]) == 0
+    database = study / "study.sqlite"
+    for f in study.glob("study.sqlite*"):
+        f.unlink()
+    if damage == "garbage":
+        database.write_bytes(b"not a database " * 100)
+    else:
+        sqlite3.connect(database).executescript("CREATE TABLE notes (text TEXT);")
+    capsys.readouterr()
+    for argv in (["add-rater", str(study), "x"], ["serve", str(study), "--port", "0"],
+                 ["export", str(study), "--out", str(tmp_path / "e")],
+                 ["create", str(study), "--generated", str(tmp_path / "samples")]):
+        assert main(["review", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+        assert f"{database} is damaged or not a study database" in err
+    assert not (tmp_path / "e").exists()

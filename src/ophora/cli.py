@@ -194,7 +194,8 @@ COMMANDS: dict[str, Command] = {
     "export": Command("write a diffusers pipeline folder from any checkpoint of a training run (RUN/checkpoints/"
                       "step-N), to sample or evaluate it", "ophora.train.export:ExportConfig", _export, outputs=("out",)),
     "evaluate": Command("FID, FVD, CLIPScore, privacy leakage, memorisation and temporal consistency of generated "
-                        "videos against real ones", "ophora.evaluate.run:EvaluateConfig", _evaluate, outputs=("out",)),
+                        "videos against real ones", "ophora.evaluate.run:EvaluateConfig", _evaluate,
+                        outputs=("out", "cache")),
     "downstream": Command("phase recognition (MViTv2, R(2+1)D) trained on real videos with and without generated "
                           "ones, tested on the same held-out real videos", "ophora.downstream.config:DownstreamConfig",
                           _downstream, outputs=("out",)),
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         with exit_on_signals():  # SIGTERM too ends the command with one line (core/signals.py)
             config = from_args(_load(command.config), args)
             for field in command.outputs:
-                check_output_folder(getattr(config, field))
+                if getattr(config, field) is not None:  # an optional folder left out (evaluate's --cache)
+                    check_output_folder(getattr(config, field))
             log_file = _log_to_file(config)
             return command.run(config) or EXIT_OK
     except OphoraError as exc:

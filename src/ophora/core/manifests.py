@@ -53,13 +53,18 @@ def read_manifest(path: Path) -> list[Video]:
     if absent:
         raise InputError(f"{path} has no column {', '.join(repr(c) for c in absent)}; a sample manifest has "
                          f"'clip id', 'prompt' and 'path' (its columns are {', '.join(map(repr, columns)) or 'none'})")
-    videos = []
+    videos, seen = [], {}
     for line, row in enumerate(rows, start=2):
         rel = (row["path"] or "").strip()
         if not rel:
             raise InputError(f"{path} line {line}: empty path")
         clip_id = (row[ID_COLUMN] or "").strip()
         name = f"{clip_id}/{(row.get('n') or '').strip()}".rstrip("/") or rel
+        for what, key, shown in (("video", name, name), ("file", (path.parent / rel).resolve(), rel)):
+            if (what, key) in seen:  # a video counted twice, or two videos under one name (their results would mix)
+                raise InputError(f"{path} lines {seen[what, key]} and {line} list the same {what} {shown!r}; list each "
+                                 "video once (an 'n' column tells videos of one clip id apart)")
+            seen[what, key] = line
         phase = (row.get("phase") or "").strip() or phase_of(clip_id)
         videos.append(Video(name, path.parent / rel, (row["prompt"] or "").strip(), phase, line))
     return videos

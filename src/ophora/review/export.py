@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ophora.core.errors import ConfigError
 from ophora.core.files import write_csv
 from ophora.review.config import ExportConfig
 from ophora.review.study import criteria, open_study
@@ -22,6 +23,8 @@ def _iso(t: float | None) -> str:
 
 def export(config: ExportConfig) -> str:
     """Write the export into `config.out`; returns a one-line report."""
+    if config.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be 0 (no interval) or more resamples, got {config.bootstrap}")
     db = open_study(Path(config.study))
     out = Path(config.out)
     db.execute("BEGIN")  # one read snapshot for every table

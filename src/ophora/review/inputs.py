@@ -38,11 +38,15 @@ def read_generated(samples: Path) -> list[Source]:
     absent = [c for c in MANIFEST_COLUMNS if c not in rows[0]]
     if absent:
         raise InputError(f"{manifest} has no column {', '.join(map(repr, absent))}; is it a manifest of 'ophora sample'?")
-    sources = []
+    sources, lines = [], {}
     for line, row in enumerate(rows, start=2):
         path = samples / (row["path"] or "")
         if not row["path"] or not path.is_file():
             raise InputError(f"{manifest} line {line}: video {row['path']!r} not found under {samples}")
+        if path.resolve() in lines:
+            raise InputError(f"{manifest} lines {lines[path.resolve()]} and {line} both list {row['path']!r}; "
+                             "list each video once")
+        lines[path.resolve()] = line
         clip_id = (row[ID_COLUMN] or "").strip()
         try:
             n = int(row["n"] or 0)

@@ -19,6 +19,7 @@ import random
 import secrets
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,8 +91,12 @@ def open_study(folder: Path) -> sqlite3.Connection:
     path = Path(folder) / DB_NAME
     if not path.is_file():
         raise InputError(f"{folder} holds no study ({DB_NAME}); make one with 'ophora review create {folder} --generated SAMPLES'")
-    db = connect(path)
-    version = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    try:
+        db = connect(path)
+        version = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    except sqlite3.DatabaseError as exc:  # not a database, or another program's (no meta table)
+        raise InputError(f"{path} is damaged or not a study database ({exc}); restore it from a backup or make a new "
+                         "study") from None
     if version is None or int(version[0]) != SCHEMA_VERSION:
         raise InputError(f"{path} is not a study of this ophora version (schema {version[0] if version else 'none'})")
     return db
@@ -232,6 +237,10 @@ def add_rater(config: AddRaterConfig) -> NewRater:
     name = config.name.strip()
     if not name or len(name) > 100 or any(ord(ch) < 32 for ch in name):
         raise InputError(f"a rater's name must be 1-100 printable characters, got {config.name!r}")
+    url = urllib.parse.urlsplit(config.url)
+    if url.scheme not in ("http", "https") or not url.netloc:  # checked before the rater is stored
+        raise InputError(f"--url must be the http(s) address raters reach the server at (e.g. http://host:8000), "
+                         f"got {config.url!r}")
     db = open_study(Path(config.study))
     token = secrets.token_urlsafe(32)
     role = "admin" if config.admin else "rater"
