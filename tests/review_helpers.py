@@ -79,6 +79,7 @@ class Server:
         self.study, self.port = study, port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.output = ""  # what the server printed (stdout and stderr) until it was last stopped
 
     def start(self) -> "Server":
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -102,6 +103,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc:
+            self.output += self.proc.stdout.read()
         self.proc = None
 
     def __enter__(self) -> "Server":

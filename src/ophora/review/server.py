@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 from pathlib import Path
 
@@ -276,21 +277,42 @@ def make_app(folder: str | Path) -> Starlette:
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, or a ConfigError naming both (port taken, unknown address, not allowed)."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be 0-65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on --host {host} --port {port}: {exc.strerror or exc}") from None
+    return sock
+
+
 def serve(config: ServeConfig) -> None:
     """Serve the study until interrupted (SIGINT/SIGTERM end it cleanly; every answer is already committed)."""
     import uvicorn
 
-    if not 0 <= config.port <= 65535:
-        raise ConfigError(f"--port must be 0-65535, got {config.port}")
     app = make_app(config.study)
     db = open_study(Path(config.study))
     videos, raters = (db.execute(q).fetchone()[0] for q in ("SELECT COUNT(*) FROM videos",
                                                              "SELECT COUNT(*) FROM raters WHERE role='rater'"))
     db.close()
+    sock = listen(config.host, config.port)
     if config.host not in LOCAL_HOSTS:
         log.warning("listening on %s, not only this machine: put an HTTPS proxy in front (tokens and answers "
                     "travel in clear over plain HTTP)", config.host)
-    print(f"ophora review: {config.study} ({videos} videos, {raters} raters) at http://{config.host}:{config.port}/ "
+    port = sock.getsockname()[1]
+    print(f"ophora review: {config.study} ({videos} videos, {raters} raters) at http://{config.host}:{port}/ "
           "(rater links: 'ophora review add-rater'; Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                server_header=False, date_header=False)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, server_header=False,
+                                           date_header=False))
+    with sock:
+        server.run(sockets=[sock])
