@@ -137,7 +137,7 @@ def ensure_model(work: Path, tiny: bool, run: Runner) -> tuple[Path, dict]:
     if (folder / "model_index.json").is_file():
         return folder, {"reused": str(folder)}
     if tiny:
-        return folder, run([PY, "-m", "ophora", "make-tiny-model", str(folder)])
+        return folder, run([PY, "-m", "ophora", "make-random-model", str(folder)])
     t0 = time.perf_counter()
     build_2b_model(folder)
     return folder, {"command": "build_2b_model (in this script)", "rc": 0, "seconds": round(time.perf_counter() - t0, 2)}

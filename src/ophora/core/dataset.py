@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ophora.core.errors import InputError
-from ophora.core.tables import read_id_text_rows
+from ophora.core.tables import ID_COLUMN, read_id_text_rows
 
-ID_COLUMN = "clip id"
 TEXT_COLUMN = "instruction"
 
 
