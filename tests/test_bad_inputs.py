@@ -259,3 +259,50 @@ def test_review_settings_that_would_make_broken_links_or_no_interval(listed_twic
     assert "--bootstrap" in one_line_error(capsys, "review", "export", str(study), "--out", str(tmp_path / "e"),
                                            "--bootstrap", "-1")
     assert not (tmp_path / "e").exists()
+
+
+# ------------------------------------------------------------------------------------------- nothing to do, transient failures
+
+def test_curate_with_no_videos_or_into_its_input_folder_is_one_line(narrated, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "talk.srt").write_text("1\n00:00:01,000 --> 00:00:02,000\nIncise.\n")
+    assert "no videos" in one_line_error(capsys, "curate", str(tmp_path / "empty"), "--out", str(tmp_path / "ds"))
+    for out in (narrated, narrated / "sub" / ".."):
+        assert "is the input folder" in one_line_error(capsys, "curate", str(narrated), "--out", str(out))
+    assert sorted(p.name for p in narrated.iterdir()) == ["cataract_a.mp4", "cataract_a.srt"]
+
+
+def test_random_model_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    line = one_line_error(capsys, "make-random-model", str(tmp_path / "m"))
+    assert str(tmp_path / "m") in line and "not an empty folder" in line
+    assert [p.name for p in (tmp_path / "m").iterdir()] == ["notes.txt"]
+
+
+def test_clips_a_full_disk_refused_are_written_on_the_rerun(narrated, tmp_path, monkeypatch):
+    """A clip write the file system refuses (ENOSPC) is no decision about the content: the source's record is not
+    kept, so the rerun processes it again and keeps exactly the clips the failure cost."""
+    import errno
+
+    import pandas as pd
+
+    import ophora.curate.pipeline as pipeline
+
+    def full_disk(src, target, *args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    out = tmp_path / "ds"
+    config = pipeline.CurateConfig(input=narrated, out=out, workers=1)
+    monkeypatch.setattr(pipeline, "write_clip", full_disk)
+    first = pipeline.curate(config)
+    failed = pd.read_parquet(out / "manifest.parquet").query("reason == 'write_failed'")
+    assert first["clips"]["kept"] == 0 and len(failed) == first["clips"]["dropped_by_reason"]["write_failed"] > 0
+    assert not list((out / ".work").glob("*.json")) and not list((out / "clips").glob("*.mp4"))
+    monkeypatch.undo()
+    again = pipeline.curate(config)
+    manifest = pd.read_parquet(out / "manifest.parquet").set_index("clip id")
+    assert again["clips"]["kept"] == len(failed) and "write_failed" not in again["clips"]["dropped_by_reason"]
+    assert (manifest.loc[failed["clip id"], "decision"] == "keep").all()
+    assert sorted(p.stem for p in (out / "clips").glob("*.mp4")) == sorted(failed["clip id"])
+    assert len(list((out / ".work").glob("*.json"))) == 1  # the decisions are final now
