@@ -287,7 +287,7 @@ def test_clips_a_full_disk_refused_are_written_on_the_rerun(narrated, tmp_path, 
 
     import pandas as pd
 
-    import ophora.curate.pipeline as pipeline
+    from ophora.curate import pipeline
 
     def full_disk(src, target, *args):
         raise OSError(errno.ENOSPC, "No space left on device", str(target))
