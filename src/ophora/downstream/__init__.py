@@ -1,7 +1,8 @@
 """`ophora downstream`: does adding generated videos improve surgical phase recognition?
 
 Modules: annotations (Cataract-1K and OphNet readers), splits (by video), clips (cutting, cache, loader),
-models (torchvision video networks, K400 weights), train (one run, resumable), metrics, report, config, run.
+models (torchvision video networks, K400 weights), shards (global batches over ranks), train (one run,
+resumable), metrics, report, config, run.
 """
 
 from ophora.downstream.config import DownstreamConfig
