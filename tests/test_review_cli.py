@@ -1,17 +1,20 @@
-"""`ophora review` on the command line: serving on localhost by default, with a one-line error for an address
-it cannot use, and no secret in the server's output or the study's files."""
+"""`ophora review` on the command line: a study made only from good inputs, an interrupted create resumed,
+custom criteria, a study extended for raters who rate everything, serving on localhost by default with a
+one-line error for an address it cannot use, and no secret in the server's output or the study's files."""
 
 from __future__ import annotations
 
 import socket
+import sqlite3
 from pathlib import Path
 
 import httpx
 import pytest
-from review_helpers import Server, make_samples
+from review_helpers import Server, make_real, make_samples
 from test_bad_inputs import one_line_error
 
 from ophora.cli import main
+from ophora.review import study as study_module
 from ophora.review.config import AddRaterConfig, CreateConfig
 from ophora.review.study import add_rater, create_study
 
@@ -19,7 +22,80 @@ from ophora.review.study import add_rater, create_study
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("review-inputs")
-    return {"samples": make_samples(root / "samples", per_phase=1)}
+    return {"samples": make_samples(root / "samples", per_phase=1), "real": make_real(root / "real", 2)}
+
+
+def rows(folder: Path, query: str, *args) -> list[tuple]:
+    db = sqlite3.connect(folder / "study.sqlite")
+    try:
+        return db.execute(query, args).fetchall()
+    finally:
+        db.close()
+
+
+def test_bad_inputs_make_no_study(inputs, tmp_path, capsys):
+    folder = tmp_path / "study"
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    for extra, named in ((["--real", str(tmp_path / "nope")], "real-video folder not found"),
+                         (["--criteria", str(tmp_path / "empty.txt")], "lists no criteria"),
+                         (["--criteria", str(tmp_path / "none.txt")], "criteria file not found"),
+                         (["--per-rater", "0"], "--per-rater must be at least 1")):
+        line = one_line_error(capsys, "review", "create", str(folder), "--generated", str(inputs["samples"]), *extra)
+        assert named in line, line
+        assert not folder.exists(), extra  # refused before anything was made
+    assert main(["review", "create", str(folder), "--generated", str(inputs["samples"]), "--per-rater", "2"]) == 0
+    line = one_line_error(capsys, "review", "create", str(folder), "--per-rater", "3", "--real", str(inputs["real"]))
+    assert "--per-rater 2" in line and "keeps it" in line
+
+
+def test_interrupted_create_resumes_and_gives_the_admin_link(inputs, tmp_path, monkeypatch, capsys):
+    folder, made = tmp_path / "study", []
+    real_transcode = study_module.transcode
+
+    def stop_after_two(src, dst, target):
+        if len(made) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the third video is being encoded
+        made.append(real_transcode(src, dst, target))
+
+    monkeypatch.setattr(study_module, "transcode", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        create_study(CreateConfig(study=folder, generated=inputs["samples"], seed=1))
+    assert rows(folder, "SELECT COUNT(*) FROM videos") == [(2,)]
+    monkeypatch.setattr(study_module, "transcode", real_transcode)
+    capsys.readouterr()
+    assert main(["review", "create", str(folder), "--generated", str(inputs["samples"])]) == 0
+    out = capsys.readouterr().out
+    assert "1 videos added, 3 in the study" in out and "admin link" in out
+    token = out.split("#t=")[1].split()[0]
+    with Server(folder) as server:
+        client = httpx.Client(base_url=server.url, timeout=10)
+        assert client.post("/api/admin/session", json={"token": token}).status_code == 200
+        assert client.get("/api/admin/progress").json()["videos"] == {"generated": 3}
+    assert rows(folder, "SELECT COUNT(*) FROM raters WHERE role='admin'") == [(1,)]
+    assert main(["review", "create", str(folder), "--generated", str(inputs["samples"])]) == 0
+    assert "admin link" not in capsys.readouterr().out  # given once
+
+
+def test_custom_criteria_and_extending_a_study(inputs, tmp_path, capsys):
+    folder, criteria = tmp_path / "study", tmp_path / "criteria.txt"
+    criteria.write_text("# two criteria\nSharpness: is the picture sharp?\n\nRealism\n")
+    create_study(CreateConfig(study=folder, generated=inputs["samples"], criteria=criteria, seed=2))
+    ann = add_rater(AddRaterConfig(study=folder, name="ann"))
+    assert rows(folder, "SELECT key, label, help FROM criteria ORDER BY position") == [
+        ("sharpness", "Sharpness", "is the picture sharp?"), ("realism", "Realism", "")]
+    first = rows(folder, "SELECT video FROM assignments a JOIN raters r ON r.id = a.rater WHERE r.name = 'ann' "
+                         "ORDER BY position")
+    other = tmp_path / "other.txt"
+    other.write_text("Sharpness\n")
+    assert "keeps its criteria" in one_line_error(capsys, "review", "create", str(folder), "--criteria", str(other),
+                                                         "--real", str(inputs["real"]))
+    # raters who rate everything get the new videos after the ones they had, in the same order
+    create_study(CreateConfig(study=folder, real=inputs["real"]))
+    order = rows(folder, "SELECT a.video, v.kind FROM assignments a JOIN raters r ON r.id = a.rater "
+                         "JOIN videos v ON v.id = a.video WHERE r.name = 'ann' ORDER BY position")
+    assert [(v,) for v, _ in order[:3]] == first and [k for _, k in order[3:]] == ["real", "real"]
+    assert ann.videos == 3
+    assert add_rater(AddRaterConfig(study=folder, name="ben")).videos == 5
 
 
 def test_serves_on_localhost_by_default_and_names_an_address_it_cannot_use(inputs, tmp_path, monkeypatch, capsys):

@@ -139,9 +139,24 @@ def create_study(config: CreateConfig) -> CreateResult:
     if new_study and not generated:
         raise InputError("a new study needs --generated SAMPLES (their size and frame rate set the study's)")
     wanted = read_criteria(Path(config.criteria)) if config.criteria else DEFAULT_CRITERIA
+    # every input is read and checked before anything is made: a bad one leaves no half-made study behind
     if new_study:
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise InputError(f"{folder} exists and is not an empty folder; choose a new study folder")
+        target = choose_target([s.path for s in generated])
+        phases = {s.phase for s in generated}
+    else:
+        db = open_study(folder)
+        if config.criteria and [c.key for c in criteria(db)] != [c.key for c in wanted]:
+            raise InputError(f"{folder} was made with other criteria; a study keeps its criteria (make a new one)")
+        if config.per_rater is not None and config.per_rater != meta(db, "per_rater"):
+            made = meta(db, "per_rater")
+            raise InputError(f"{folder} was made with {'--per-rater ' + str(made) if made else 'every video for every rater'}"
+                             f"; a study keeps it (--per-rater {config.per_rater} was given)")
+        target = Target(**meta(db, "target"))
+        phases = {s.phase for s in generated} | {r[0] for r in db.execute("SELECT phase FROM videos WHERE kind='generated'")}
+    real = read_real(Path(config.real), phases) if config.real else []
+    if new_study:
         (folder / MEDIA).mkdir(parents=True, exist_ok=True)
         db = connect(folder / DB_NAME)
         db.executescript(SCHEMA)
@@ -150,21 +165,12 @@ def create_study(config: CreateConfig) -> CreateResult:
             set_meta(db, "study_id", secrets.token_hex(8))
             set_meta(db, "seed", secrets.randbits(48) if config.seed is None else config.seed)
             set_meta(db, "per_rater", config.per_rater)
-            set_meta(db, "target", choose_target([s.path for s in generated]).as_dict())
+            set_meta(db, "target", target.as_dict())
             set_meta(db, "created", time.time())
             for position, c in enumerate(wanted):
                 db.execute("INSERT INTO criteria VALUES (?, ?, ?, ?)", (c.key, c.label, c.help, position))
-    else:
-        db = open_study(folder)
-        if config.criteria and [c.key for c in criteria(db)] != [c.key for c in wanted]:
-            raise InputError(f"{folder} was made with other criteria; a study keeps its criteria (make a new one)")
-        if config.per_rater is not None and config.per_rater != meta(db, "per_rater"):
-            raise InputError(f"{folder} was made with --per-rater {meta(db, 'per_rater')}; a study keeps it")
-    phases = {s.phase for s in generated} | {r[0] for r in db.execute("SELECT phase FROM videos WHERE kind='generated'")}
-    real = read_real(Path(config.real), phases) if config.real else []
     known = {r[0] for r in db.execute("SELECT origin FROM videos")}
     todo = [s for s in generated + real if str(s.path) not in known]
-    target = Target(**meta(db, "target"))
     added = []
     for i, source in enumerate(todo, start=1):
         video_id = secrets.token_hex(16)
@@ -182,7 +188,7 @@ def create_study(config: CreateConfig) -> CreateResult:
             for rater in db.execute("SELECT id, name FROM raters WHERE role='rater'").fetchall():
                 _append(db, rater["id"], _shuffled(added, meta(db, "seed"), rater["name"], len(added)))
     admin_link = None
-    if new_study:
+    if db.execute("SELECT 1 FROM raters WHERE role='admin'").fetchone() is None:  # new, or its first create stopped
         admin_link = add_rater(AddRaterConfig(study=folder, name="admin", admin=True)).link
     warnings = _blinding_warnings(db)
     total = db.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
