@@ -124,6 +124,41 @@ def test_decoded_clips_hold_the_frames_shown_at_their_times(tmp_path):
     assert decoded[2] is None  # 2.6 s is past the last frame
 
 
+def test_a_replaced_video_is_cut_again_and_its_run_is_not_reused(tmp_path):
+    """Clips are reused only from the same video file: a video replaced under its name (a generated video sampled
+    again with new weights) is cut again, and the identity of every run using it changes (no stale result)."""
+    import os
+
+    from ophora.downstream.annotations import Segment
+    from ophora.downstream.run import Job, extract
+    from ophora.downstream.train import Item, Run, run_identity
+
+    def grey(level: int) -> np.ndarray:
+        return np.full((20, 48, 64, 3), level, np.uint8)
+
+    video = write_video(tmp_path / "incision_1" / "0.mp4", grey(40), fps=10, qp=0)
+    job = Job("incision_1/0", video, (Segment("incision_1/0", "Incision", 0.0, 0.0, "m:2"),), generated=True)
+    settings = ClipSettings(frames=4, size=32, fps=4, per_segment=1)
+
+    def cut() -> tuple[Path, Run]:
+        name, clips, _ = extract(job, settings, tmp_path / "clips")
+        items = [Item(tmp_path / "clips" / name, tensor, 0, c.segment, job.video) for tensor, c in clips]
+        return tmp_path / "clips" / name, Run("real+generated", items, [], [])
+
+    path, run = cut()
+    made, identity = path.stat().st_mtime_ns, run_identity(run, ["Incision"], {"epochs": 1})
+    assert cut()[0].stat().st_mtime_ns == made and run_identity(cut()[1], ["Incision"], {"epochs": 1}) == identity
+    before = video.stat().st_mtime_ns
+    write_video(video, grey(200), fps=10, qp=0)  # the same name and length, other pixels
+    os.utime(video, ns=(before + 10**9, before + 10**9))  # written a second later, as a new sampling run is
+    path, run = cut()
+    from safetensors.torch import load_file
+
+    clip = load_file(path)[run.train[0].name]
+    assert abs(float(clip.float().mean()) - 200) < 3  # the new video's frames, not the cached old ones
+    assert run_identity(run, ["Incision"], {"epochs": 1}) != identity
+
+
 def test_scores_by_hand():
     result = scores(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), ["a", "b", "c"])
     assert result["top1"] == pytest.approx(3 / 5)

@@ -4,7 +4,7 @@ A clip is `frames` frames sampled at `fps` (16 at 8 fps: 2 s), each resized so i
 centre-cropped to size x size. A segment gives up to `per_segment` clips in evenly spaced windows (one clip
 spread over the segment when it is shorter than a window). Each video's clips go into one file
 `clips/<video key>.safetensors` (uint8, T x H x W x 3), written atomically with the plan that made them,
-so an interrupted extraction resumes at the next video and a changed plan re-extracts.
+so an interrupted extraction resumes at the next video and a changed plan or source video re-extracts.
 """
 
 from __future__ import annotations
@@ -73,8 +73,21 @@ def video_key(video: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", video)[:80] + "-" + hashlib.sha1(video.encode()).hexdigest()[:8]
 
 
-def plan_digest(clips: list[Clip], size: int) -> str:
-    return hashlib.sha256(json.dumps([size, [[c.segment, c.phase, c.times] for c in clips]]).encode()).hexdigest()
+def plan_digest(clips: list[Clip], size: int, source: Path) -> str:
+    """What a clip file holds: the plan, the size and the source video (its size and modification time: a video
+    replaced under the same name, a resampled generated one, is cut again)."""
+    stat = source.stat()
+    return hashlib.sha256(json.dumps([size, [stat.st_size, stat.st_mtime_ns],
+                                      [[c.segment, c.phase, c.times] for c in clips]]).encode()).hexdigest()
+
+
+def clip_file_plan(path: Path) -> str:
+    """The plan digest a clip file was written with ('' when it cannot be read)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("plan", "")
+    except Exception:  # noqa: BLE001 - a missing or damaged file has no plan
+        return ""
 
 
 def _scaled(width: int, height: int, size: int) -> tuple[int, int]:

@@ -134,7 +134,7 @@ def extract(job: Job, settings: ClipSettings, folder: Path) -> tuple[str, list[t
     path = folder / f"{video_key(job.video)}.safetensors"
     if not clips:
         return path.name, [], refused
-    digest = plan_digest(clips, settings.size)
+    digest = plan_digest(clips, settings.size, job.path)
     cached = cached_clips(path, digest)
     if cached is None:
         decoded, last = decode_clips(job.path, clips, settings.size)

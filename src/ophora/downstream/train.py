@@ -28,6 +28,7 @@ from ophora.core.signals import Interrupted, StopFlag
 from ophora.downstream.clips import (
     ClipDataset,
     batches_of,
+    clip_file_plan,
     epoch_order,
     loading,
     make_loader,
@@ -207,16 +208,25 @@ def _train_epoch(run: Run, loop: Loop, state: dict, epoch: int, stop) -> None:
                 raise Interrupted(signum, f"{run.name} saved at epoch {epoch + 1}, batch {state['batch']}")
 
 
+def run_identity(run: Run, phases: list[str], identity: dict) -> str:
+    """What a run's result and checkpoint depend on: the settings, its clips and what their files hold (the plan
+    digest covers the source video, so a replaced video trains and tests the run again)."""
+    files = sorted({i.path for i in run.train + run.val + run.test})
+    return hashlib.sha256(json.dumps({**identity, "run": run.name, "phases": phases,
+                                      "clips": [[i.path.name, i.name, i.label] for i in run.train],
+                                      "val": [[i.path.name, i.name] for i in run.val],
+                                      "test": [[i.path.name, i.name] for i in run.test],
+                                      "files": {f.name: clip_file_plan(f) for f in files}},
+                                     sort_keys=True, default=str).encode()).hexdigest()
+
+
 def train_run(run: Run, phases: list[str], config: DownstreamConfig, shards: int, ranks: Ranks, device: torch.device,
               folder: Path, weights: dict[str, torch.Tensor] | None, identity: dict, stop: StopFlag) -> dict:
     """Train `run` (or continue it), test its selected weights and return its result (rank 0 writes `result.json`).
 
     `stop` is checked after every step (all ranks agreeing), which then saves the checkpoint and raises `Interrupted`.
     """
-    identity = hashlib.sha256(json.dumps({**identity, "run": run.name, "phases": phases,
-                                          "clips": [[i.path.name, i.name, i.label] for i in run.train],
-                                          "val": [[i.path.name, i.name] for i in run.val]},
-                                         sort_keys=True, default=str).encode()).hexdigest()
+    identity = run_identity(run, phases, identity)
     done = folder / "result.json"
     if done.is_file() and read_json(done, "the run result").get("identity") == identity:
         return read_json(done, "the run result")
