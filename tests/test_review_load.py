@@ -19,5 +19,7 @@ def test_twenty_raters_every_answer_exactly_once(tmp_path):
     assert report["resends"] > 0 and report["resends_refused"] == report["resends"], report
     assert report["exactly_once"]["events_equal_accepted"], report
     assert report["exactly_once"]["scores_equal_last_accepted"], report
-    assert report["exactly_once"]["score_rows"] == 20 * 6 * 7 or report["answers"] < 20 * 42, report
+    # one row per (rater, video, criterion) answered, however often it was changed (a busy machine lets some
+    # raters answer fewer than their 42 pairs while the total passes 20 x 42, so the total says nothing here)
+    assert report["exactly_once"]["score_rows"] == report["exactly_once"]["distinct_answers"], report
     assert report["latency_ms"]["p99"] < 3000, report
