@@ -181,6 +181,37 @@ def test_rerun_resumes_and_skips_finished_clips(dataset, tiny_model, tmp_path, c
                                load_file(cache / "clips" / "case1_1.safetensors"))
 
 
+def test_a_recurated_dataset_is_encoded_again_where_it_changed(dataset, tiny_model, tmp_path, cache, caplog):
+    """A clip is reused only if its instruction and video file are unchanged (a copy of the dataset keeps its
+    clips), and the index lists only the dataset's clips: no stale or mixed cache after re-curating."""
+    data, out = tmp_path / "data", tmp_path / "cache"
+    shutil.copytree(dataset, data)
+    shutil.copytree(cache, out)
+    config = PrepareConfig(dataset=data, model=str(tiny_model), out=out, **SMALL)
+    os.utime(data / "clips" / "case1_0.mp4", (1e9, 1e9))  # a copy that did not keep the file times
+    summary = prepare(config)
+    assert (summary.made, summary.skipped) == (0, 3)
+    with open(data / "instructions.csv", newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["clip id"] != "case1_1"]  # the new curation drops one clip
+    rows[[r["clip id"] for r in rows].index("case1_0")]["instruction"] = "Rotate the intraocular lens."
+    with open(data / "instructions.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    shutil.copy(dataset / "clips" / "case1_1.mp4", data / "clips" / "case2_0.mp4")  # other frames, same name
+    summary = prepare(config)
+    assert (summary.made, summary.skipped) == (2, 0)
+    assert "case1_0.safetensors is outdated (its instruction changed)" in caplog.text
+    assert f"case2_0.safetensors is outdated ({data / 'clips' / 'case2_0.mp4'} changed)" in caplog.text
+    fresh = tmp_path / "fresh"
+    prepare(PrepareConfig(dataset=data, model=str(tiny_model), out=fresh, **SMALL))
+    assert (out / "index.csv").read_text() == (fresh / "index.csv").read_text()
+    assert [r["clip id"] for r in csv.DictReader((out / "index.csv").open())] == ["case1_0", "case2_0"]
+    for clip in ("case1_0", "case2_0"):
+        a, b = load_file(out / "clips" / f"{clip}.safetensors"), load_file(fresh / "clips" / f"{clip}.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_cache_made_with_other_settings_is_refused(dataset, tiny_model, tmp_path, cache):
     out = tmp_path / "cache"
     shutil.copytree(cache, out)

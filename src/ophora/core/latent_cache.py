@@ -163,9 +163,10 @@ def intact_entries(cache: Path, entries: list[CacheEntry]) -> tuple[list[CacheEn
     return ([e for e, p in zip(entries, problems) if not p], [(e, p) for e, p in zip(entries, problems) if p])
 
 
-def write_index(cache: Path) -> list[dict]:
-    """Scan the clip files and write index.csv (sorted by clip id); returns its rows. Damaged files are left out."""
-    rows = []
+def write_index(cache: Path, clip_ids: set[str] | None = None) -> list[dict]:
+    """Scan the clip files and write index.csv (sorted by clip id); returns its rows. Damaged files are left out,
+    and with `clip_ids` (the dataset's) the clips of other datasets encoded into the same folder."""
+    rows, foreign = [], 0
     for path in sorted((cache / "clips").glob(f"*{CLIP_SUFFIX}")):
         if path.name.startswith(".") and PARTIAL in path.name:  # a file being written (an id may start with a dot)
             continue
@@ -174,9 +175,14 @@ def write_index(cache: Path) -> list[dict]:
             log.warning("cache clip %s left out of the index: %s", path, problem)
             continue
         meta, shapes = read_clip_header(path)
+        if clip_ids is not None and meta["clip id"] not in clip_ids:
+            foreign += 1
+            continue
         rows.append({"clip id": meta["clip id"], "file": f"clips/{path.name}", "instruction": meta["instruction"],
                      "frames": len(meta["frame_indices"]), "height": meta["size"][0], "width": meta["size"][1],
                      "latent shape": json.dumps(shapes["latent_mean"])})
+    if foreign:
+        log.warning("%d clip files in %s are not in this dataset; left out of the index", foreign, cache / "clips")
     write_csv(cache / "index.csv", INDEX_COLUMNS, rows)
     return rows
 

@@ -1,7 +1,8 @@
 """`ophora prepare`: encode every clip of a dataset once (VAE latents + T5 embeddings) for training.
 
-Each rank (torchrun sets RANK/WORLD_SIZE) takes every WORLD_SIZE-th clip; a clip whose file exists is
-skipped, so an interrupted run resumes where it stopped. Clips that cannot be used (undecodable,
+Each rank (torchrun sets RANK/WORLD_SIZE) takes every WORLD_SIZE-th clip; a clip whose file exists, intact
+and made from the same instruction and video file, is skipped, so an interrupted run resumes where it stopped
+(an outdated one is encoded again, and the index lists only the dataset's clips). Clips that cannot be used (undecodable,
 too short, no instruction) and clips that failed unexpectedly are recorded in `rejects.csv` with the error
 type, and the rest go on. Rank 0 finally writes `index.csv` and `cache.json` (see core/latent_cache.py).
 """
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ophora.core.latent_cache import CACHE_FORMAT, clip_file, clip_problem, save_clip, write_index
+from ophora.core.latent_cache import CACHE_FORMAT, clip_file, clip_problem, read_clip_header, save_clip, write_index
 from ophora.core.files import as_json_value, claim_folder, remove_partials, write_csv, write_json
 from ophora.core.ranks import barrier, init_ranks, pick_device
 from ophora.core.versions import versions
@@ -28,7 +29,7 @@ from ophora.prepare.encode import MAX_TOKENS, Encoders, speed_up_vae
 from ophora.prepare.frames import FrameSettings, decode_frames
 from ophora.core.config import option
 from ophora.core.errors import ConfigError, InputError, OphoraError, failure_record
-from ophora.core.models import REQUIRED_PARTS, encoder_fingerprint, parse_dtype, resolve_model
+from ophora.core.models import REQUIRED_PARTS, encoder_fingerprint, file_digest, parse_dtype, resolve_model
 from ophora.core.signals import stop_requests
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
             if stop.requested:
                 _encode_all(pending, out, encoders, summary)
                 stop.check(left())
-            if _intact(clip_file(out, pair.clip_id)):
+            if _reusable(clip_file(out, pair.clip_id), pair):
                 summary.skipped += 1
                 continue
             try:
@@ -165,21 +166,58 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     _write_rejects(out / f".rejects-rank{ranks.rank}.csv", summary.rejects + summary.failures)
     barrier()
     if ranks.rank == 0:
-        _finish(out, config, settings, folder, ranks.world, vae.config.scaling_factor)
+        _finish(out, config, settings, folder, ranks.world, vae.config.scaling_factor, {p.clip_id for p in pairs})
     barrier()
     log.info("rank %d: %d clips encoded, %d already done, %d rejected, %d failed", ranks.rank, summary.made,
              summary.skipped, summary.rejected, summary.failed)
     return summary
 
 
-def _intact(path: Path) -> bool:
-    """Whether a clip file of an earlier run can be kept; a damaged one is encoded again."""
+def _reusable(path: Path, pair: Pair) -> bool:
+    """Whether a clip file of an earlier run can be kept: intact, and made from this pair's instruction and video
+    file (a re-curated dataset in the same folder). A damaged or outdated file is removed and encoded again."""
     if not path.is_file():
         return False
     problem = clip_problem(path)
     if problem:
         log.warning("cache clip %s is damaged (%s); encoding it again", path, problem)
+    else:
+        meta, _ = read_clip_header(path)
+        if meta["instruction"] != pair.instruction:
+            problem = "its instruction changed"
+        elif "source_file" in meta and not _same_file(meta["source_file"], pair.path):  # (older caches lack it)
+            problem = f"{pair.path} changed"
+        if problem:
+            log.warning("cache clip %s is outdated (%s); encoding it again", path, problem)
+    if problem:
+        path.unlink()  # if the clip now fails, no stale file stands in for it
     return not problem
+
+
+SOURCE_SAMPLE = 1 << 16  # bytes hashed at each end of a clip's video file
+
+
+def _file_identity(path: Path) -> dict | None:
+    """Size, modification time and a digest of the ends of a clip's video file (None when it cannot be read)."""
+    try:
+        stat = path.stat()
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "digest": file_digest(path, with_mtime=False, sample=SOURCE_SAMPLE)}
+    except OSError:
+        return None
+
+
+def _same_file(recorded, path: Path) -> bool:
+    """Whether `path` is the video file a clip was encoded from: the same size and modification time (a stat), or,
+    for a copy whose time changed, the same digest."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    if not isinstance(recorded, dict) or recorded.get("size") != stat.st_size:
+        return False
+    return recorded.get("mtime_ns") == stat.st_mtime_ns or \
+        recorded.get("digest") == file_digest(path, with_mtime=False, sample=SOURCE_SAMPLE)
 
 
 @dataclass
@@ -195,8 +233,9 @@ def load_clip(pair, config: PrepareConfig) -> Clip:
     """Decode one clip's frames; raises InputError/MediaError for a clip that cannot be used."""
     if not pair.instruction:
         raise InputError("empty instruction")
+    source = _file_identity(pair.path)  # before decoding: a file replaced meanwhile is not taken for this one
     frames, info = decode_frames(pair.path, config.frames)
-    return Clip(pair, frames, info)
+    return Clip(pair, frames, {**info, "source_file": source})
 
 
 def encode_clips(clips: list[Clip], out: Path, encoders: Encoders, summary: PrepareSummary) -> None:
@@ -243,7 +282,8 @@ def _write_rejects(path: Path, rejects: list[tuple[str, str, str]]) -> None:
     write_csv(path, ["clip id", "error_type", "reason"], rejects)
 
 
-def _finish(out: Path, config: PrepareConfig, settings: dict, folder: Path, world: int, scaling_factor: float) -> None:
+def _finish(out: Path, config: PrepareConfig, settings: dict, folder: Path, world: int, scaling_factor: float,
+            clip_ids: set[str]) -> None:
     """Gather the ranks' rejects, index the clip files and write cache.json."""
     rejects = []
     for rank in range(world):
@@ -252,7 +292,7 @@ def _finish(out: Path, config: PrepareConfig, settings: dict, folder: Path, worl
             rejects += list(csv.reader(f))[1:]
         part.unlink()
     _write_rejects(out / "rejects.csv", rejects)
-    rows = write_index(out)
+    rows = write_index(out, clip_ids)
     shapes = sorted({r["latent shape"] for r in rows})
     info = {
         "format": CACHE_FORMAT, **settings, "model": config.model, "model_folder": str(folder),
