@@ -352,3 +352,24 @@ def test_records_outside_the_folder_or_damaged_are_not_trusted(tiny_model, tmp_p
     (out / "prompt" / "0.mp4").symlink_to(outside)
     assert run_cli(*argv) == 0  # a symlinked video is not taken as done
     assert not (out / "prompt" / "0.mp4").is_symlink()
+
+
+def test_a_crafted_record_cannot_point_the_manifest_or_gallery_elsewhere(tiny_model, tmp_path):
+    import json
+    from urllib.parse import unquote
+
+    clip_id = "a#b?c%d"  # characters that break an unencoded link
+    prompts = write_prompts(tmp_path / "p.csv", [(clip_id, "Incise.")])
+    argv = ["sample", "--model", str(tiny_model), "--out", str(tmp_path / "o"), "--prompts", str(prompts),
+            "--frames", "9", "--height", "32", "--width", "32", "--steps", "1"]
+    assert run_cli(*argv) == 0
+    record_file = tmp_path / "o" / clip_id / "0.json"
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps({**record, "path": "/etc/passwd", "clip_id": "x", "prompt": "<script>"}))
+    assert run_cli(*argv) == 0  # the video is still the right one: reused
+    rows = list(csv.DictReader((tmp_path / "o" / "manifest.csv").open()))
+    assert [(r["clip id"], r["prompt"], r["path"]) for r in rows] == [(clip_id, "Incise.", f"{clip_id}/0.mp4")]
+    page = (tmp_path / "o" / "index.html").read_text()
+    links = [part.split('"')[0] for part in page.split('src="')[1:]]
+    assert links == ["a%23b%3Fc%25d/0.mp4"] and "passwd" not in page and "<script>" not in page
+    assert (tmp_path / "o" / unquote(links[0])).is_file()

@@ -112,12 +112,17 @@ def is_done(out: Path, job: Job, wanted: dict) -> bool:
 
 
 def collect_records(out: Path, jobs: list[Job], wanted: dict[Job, dict]) -> list[dict]:
-    """The records of the planned jobs whose video exists with the wanted identity, in prompt-file order."""
+    """The records of the planned jobs whose video exists with the wanted identity, in prompt-file order.
+
+    What names the video (its id, number, prompt, seed and file) comes from the job, never from the record: a
+    crafted record cannot make the manifest or gallery point outside the folder.
+    """
     records = []
     for job in jobs:
         record = read_record(out, job)
         if record is not None and not differences(record["identity"], wanted[job]):
-            records.append(record)
+            records.append({**record, "clip_id": job.clip_id, "n": job.n, "prompt": job.prompt, "seed": job.seed,
+                            "path": video_path(out, job).relative_to(out).as_posix()})
     return records
 
 
