@@ -169,3 +169,15 @@ def test_report_of_any_run_folder_survives_a_half_written_metrics_line(run, tmp_
         f.write('{"step": 5, "loss": 0.')
     (copy / "report.html").unlink()
     assert write_report(copy) == copy / "report.html" and "4 of 4" in (copy / "report.html").read_text()
+
+
+def test_the_authors_flag_spellings_are_aliases(tiny_model, tmp_path):
+    common = ["sample", "--model", str(tiny_model), "--prompt", "Incise the cornea.", "--height", "32", "--width", "32"]
+    authors = ["--num_frames", "9", "--num_inference_steps", "2", "--guidance_scale", "5", "--dtype", "float16"]
+    ours = ["--frames", "9", "--steps", "2", "--guidance", "5", "--dtype", "fp16"]
+    assert cli.main([*common, "--out", str(tmp_path / "a"), *authors]) == 0
+    assert cli.main([*common, "--out", str(tmp_path / "b"), *ours]) == 0
+    settings = [json.loads((tmp_path / o / "sample_config.json").read_text()) for o in "ab"]
+    assert [(s["frames"], s["steps"], s["guidance"], s["dtype"]) for s in settings] == [(9, 2, 5.0, "fp16")] * 2
+    a, b = (read_video(tmp_path / o / "prompt" / "0.mp4")[0] for o in "ab")
+    assert a.shape == (9, 32, 32, 3) and np.array_equal(a, b)
