@@ -4,6 +4,8 @@ leakage rate on real Cataract-1K footage and the memorisation check."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import cv2
 import numpy as np
@@ -152,3 +154,39 @@ def test_leakage_rate_on_real_cataract_frames(real_data, tmp_path):
     assert flagged == {"text": "text", "logo": "overlay"}
     assert result["leakage_rate"] == pytest.approx(2 / 3)
     assert "leak_1.jpg" in (tmp_path / "out" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_run_is_one_line_and_the_rerun_computes_only_the_rest(signum, tmp_path, capsys, monkeypatch):
+    """SIGINT/SIGTERM during feature extraction: exit 130/143 with one line, no half-written cache entry or
+    metrics.json; the rerun reuses every entry finished before the signal and gives the uninterrupted result."""
+    import ophora.evaluate.run as run
+
+    gen = write_sample_output(tmp_path / "gen", ITEMS, frames=12)
+    write_set(tmp_path / "real", [1, 2, 3], frames=12)
+    args = ["evaluate", "--real", str(tmp_path / "real"), "--generated", str(gen), "--metrics", "temporal",
+            "--device", "cpu", "--out"]
+    calls = []
+    original = run.temporal_stats
+
+    def signalled(frames):
+        calls.append(1)
+        if len(calls) == 4:  # three videos are done and cached
+            os.kill(os.getpid(), signum)
+        return original(frames)
+
+    monkeypatch.setattr(run, "temporal_stats", signalled)
+    capsys.readouterr()
+    assert main([*args, str(tmp_path / "out")]) == 128 + signum
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"ophora evaluate: stopped by {signal.Signals(signum).name}; rerun the "
+                                            "same command to resume")
+    assert not (tmp_path / "out" / "metrics.json").exists() and not list((tmp_path / "out").rglob(".*partial*"))
+    monkeypatch.undo()
+    assert main([*args, str(tmp_path / "out")]) == 0
+    resumed = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert resumed["cache"]["reused"]["temporal"] == 3 and resumed["cache"]["computed"]["temporal"] == 3
+    assert main([*args, str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert resumed["temporal_consistency"] == whole["temporal_consistency"]
