@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ophora import cli
-from ophora.synthetic.narrated_videos import sample_plan, write_narrated_video, write_sidecar
+from ophora.synthetic.narrated_videos import narrated_plan, write_narrated_video, write_sidecar
 from review_helpers import make_samples
 from test_train import cache, dataset  # noqa: F401  (the shared module fixtures)
 
@@ -33,7 +33,7 @@ def one_line_error(capsys, *argv: str) -> str:
 def narrated(tmp_path_factory) -> Path:
     """One synthetic narrated video (cataract_a) with its .srt sidecar."""
     folder = tmp_path_factory.mktemp("narrated")
-    video = sample_plan()[0]
+    video = narrated_plan()[0]
     write_narrated_video(video, folder, fps=15.0, seed=0)
     write_sidecar(video, folder)
     return folder

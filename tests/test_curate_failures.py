@@ -15,7 +15,7 @@ import pytest
 
 from ophora import cli
 from ophora.curate import pipeline
-from ophora.synthetic.narrated_videos import sample_plan, write_narrated_video, write_sidecar
+from ophora.synthetic.narrated_videos import narrated_plan, write_narrated_video, write_sidecar
 
 STEMS = ("fine", "planbug", "procbug")
 
@@ -24,7 +24,7 @@ STEMS = ("fine", "planbug", "procbug")
 def sources(tmp_path_factory) -> Path:
     """Three copies of one 20-s narrated video (cataract_c: three clips to keep) with their .json sidecars."""
     made = tmp_path_factory.mktemp("made")
-    video = sample_plan()[2]
+    video = narrated_plan()[2]
     write_narrated_video(video, made, fps=15.0, seed=0)
     sidecar = write_sidecar(video, made)
     folder = tmp_path_factory.mktemp("sources")

@@ -22,10 +22,10 @@ GRACE_S = 5.0
 @pytest.fixture(scope="module")
 def narrated(tmp_path_factory) -> Path:
     """The first three synthetic narrated videos (each takes a worker several seconds)."""
-    from ophora.synthetic.narrated_videos import sample_plan, write_narrated_video
+    from ophora.synthetic.narrated_videos import narrated_plan, write_narrated_video
 
     out = tmp_path_factory.mktemp("narrated")
-    for n, video in enumerate(sample_plan()[:3]):
+    for n, video in enumerate(narrated_plan()[:3]):
         write_narrated_video(video, out, 15.0, seed=10 * n)
     return out
 

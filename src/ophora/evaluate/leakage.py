@@ -13,8 +13,8 @@ import numpy as np
 
 from ophora.core.privacy import PrivacyConfig, privacy_reason, privacy_scores
 
-SAMPLE_FPS = 4.0  # curate's FilterConfig.grey_fps default
-SAMPLE_WIDTH = 256  # curate's FilterConfig.grey_width default
+GREY_FPS = 4.0  # curate's FilterConfig.grey_fps default
+GREY_WIDTH = 256  # curate's FilterConfig.grey_width default
 OCR_INTERVAL = 1.0  # curate's FilterConfig.ocr_interval default
 
 
@@ -37,9 +37,9 @@ def detector_inputs(frames: np.ndarray, fps: float, config: PrivacyConfig) -> tu
     fps = fps or 8.0
     times = np.arange(len(frames)) / fps
     h, w = frames.shape[1:3]
-    sample_size, ocr_size = _size(w, h, SAMPLE_WIDTH), _size(w, h, config.ocr_long_side)
-    samples = np.stack([cv2.cvtColor(cv2.resize(frames[i], sample_size, interpolation=cv2.INTER_AREA),
-                                     cv2.COLOR_RGB2GRAY) for i in _every(times, 1.0 / SAMPLE_FPS)])
+    grey_size, ocr_size = _size(w, h, GREY_WIDTH), _size(w, h, config.ocr_long_side)
+    samples = np.stack([cv2.cvtColor(cv2.resize(frames[i], grey_size, interpolation=cv2.INTER_AREA),
+                                     cv2.COLOR_RGB2GRAY) for i in _every(times, 1.0 / GREY_FPS)])
     ocr = _every(times, OCR_INTERVAL)
     if len(ocr) > config.frames:
         ocr = [ocr[i] for i in np.linspace(0, len(ocr) - 1, config.frames).round().astype(int)]

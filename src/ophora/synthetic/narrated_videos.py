@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Segment:
-    """Seconds [start, end) of a sample video: what is narrated, what is drawn, what curation should decide."""
+    """Seconds [start, end) of a narrated video: what is narrated, what is drawn, what curation should decide."""
 
     start: float
     end: float
@@ -46,8 +46,8 @@ class NarratedVideo:
     segments: list[Segment] = field(default_factory=list)
 
 
-def sample_plan() -> list[NarratedVideo]:
-    """The sample videos and their ground truth (one clip per segment, clip index = segment index)."""
+def narrated_plan() -> list[NarratedVideo]:
+    """The narrated videos and their ground truth (one clip per segment, clip index = segment index)."""
     return [
         NarratedVideo("cataract_a", 854, 480, "srt", [
             Segment(0, 5, "Now we make the main incision with the keratome at the temporal limbus."),
@@ -220,7 +220,7 @@ def ground_truth(videos: list[NarratedVideo]) -> dict:
 
 
 def write_narrated_video(video: NarratedVideo, out: Path, fps: float, seed: int, keyint: int | None = None) -> Path:
-    """Render and encode one sample video and write its narration sidecar; returns the video path."""
+    """Render and encode one narrated video and write its narration sidecar; returns the video path."""
     scenes = [EyeScene(video.width, video.height, seed=seed),
               EyeScene(video.width, video.height, seed=seed + 1, hue_shift=60, zoom=0.7)]
     frozen: dict[int, np.ndarray] = {}
@@ -236,10 +236,10 @@ def write_narrated_video(video: NarratedVideo, out: Path, fps: float, seed: int,
 
 
 def make_narrated_videos(out: str | Path, fps: float = 15.0) -> Path:
-    """Write the sample videos, their sidecars and `ground_truth.json` into `out`; returns the folder."""
+    """Write the narrated videos, their sidecars and `ground_truth.json` into `out`; returns the folder."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    videos = sample_plan()
+    videos = narrated_plan()
     for n, video in enumerate(videos):
         write_narrated_video(video, out, fps, seed=10 * n)
     write_json(out / "ground_truth.json", ground_truth(videos))
