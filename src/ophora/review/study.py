@@ -5,8 +5,8 @@
 
 Every write is one transaction committed before the server answers (synchronous=FULL), so a restart or a
 crash loses nothing that a rater was told was saved. Tokens are 32 random bytes; only their SHA-256 is stored.
-A study is extended by running `create` again with more videos (appended to the orders of raters who rate
-everything) or by adding raters.
+A study is extended by running `create` again with more videos (mixed into the not yet answered part of the
+orders of raters who rate everything, see `_mix_in`) or by adding raters.
 """
 
 from __future__ import annotations
@@ -183,10 +183,10 @@ def create_study(config: CreateConfig) -> CreateResult:
                        (video_id, source.kind, str(source.path), source.clip_id, source.n, source.phase,
                         source.instruction, time.time()))
         added.append(video_id)
-    if added and meta(db, "per_rater") is None:  # raters who rate everything get the new videos too
+    if meta(db, "per_rater") is None:  # raters who rate everything get the new videos (and any a stopped run left)
         with transaction(db):
             for rater in db.execute("SELECT id, name FROM raters WHERE role='rater'").fetchall():
-                _append(db, rater["id"], _shuffled(added, meta(db, "seed"), rater["name"], len(added)))
+                _mix_in(db, rater["id"], rater["name"], meta(db, "seed"))
     admin_link = None
     if db.execute("SELECT 1 FROM raters WHERE role='admin'").fetchone() is None:  # new, or its first create stopped
         admin_link = add_rater(AddRaterConfig(study=folder, name="admin", admin=True)).link
@@ -217,6 +217,33 @@ def _shuffled(videos: list[str], seed: int, name: str, count: int, load: dict[st
     chosen = pool[:count]
     rng.shuffle(chosen)
     return chosen
+
+
+def _mix_in(db: sqlite3.Connection, rater: int, name: str, seed: int) -> None:
+    """Put the videos this rater lacks at random places among the videos after the last one they answered.
+
+    What the rater may have seen (every position up to the last video with a score or comment of theirs, in
+    `events`, so a comment later cleared counts too) keeps its place. After it, the videos they have not
+    answered keep their order and the new ones go into random gaps between them (and before and after them),
+    in a random order: a random interleaving of two random orders is a random order, so nothing tells the new
+    videos from the old. Seeded by the study's seed, the rater and the order's shape: the same study extended
+    with the same videos gives the same order.
+    """
+    missing = [r[0] for r in db.execute("SELECT id FROM videos WHERE id NOT IN (SELECT video FROM assignments "
+                                        "WHERE rater=?) ORDER BY origin", (rater,))]
+    if not missing:
+        return
+    answered = db.execute("SELECT COALESCE(MAX(a.position), -1) FROM assignments a JOIN events e ON e.rater = a.rater "
+                          "AND e.video = a.video WHERE a.rater=?", (rater,)).fetchone()[0]
+    rest = [r[0] for r in db.execute("SELECT video FROM assignments WHERE rater=? AND position>? ORDER BY position",
+                                     (rater, answered))]
+    rng = random.Random(f"{seed}:{name}:mix:{answered}:{len(rest)}:{len(missing)}")
+    rng.shuffle(missing)
+    places = set(rng.sample(range(len(rest) + len(missing)), len(missing)))
+    new, old = iter(missing), iter(rest)
+    merged = [next(new) if i in places else next(old) for i in range(len(rest) + len(missing))]
+    db.execute("DELETE FROM assignments WHERE rater=? AND position>?", (rater, answered))  # none has an answer
+    db.executemany("INSERT INTO assignments VALUES (?, ?, ?)", [(rater, answered + 1 + i, v) for i, v in enumerate(merged)])
 
 
 def _append(db: sqlite3.Connection, rater: int, videos: list[str]) -> None:
