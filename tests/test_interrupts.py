@@ -1,4 +1,5 @@
-"""SIGINT/SIGTERM/SIGKILL sent to real `python -m ophora` processes (and to prepare/sample in this process):
+"""SIGINT/SIGTERM/SIGKILL sent to real `python -m ophora` processes (train, curate, prepare, sample; prepare and
+sample also in this process, at a chosen moment):
 exit 130/143 with one line, a checkpoint at the step boundary that resumes exactly, no half-written files,
 no surviving workers; and a planted pickle in a checkpoint that never runs."""
 
@@ -8,6 +9,7 @@ import json
 import os
 import pickle
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from safetensors.torch import load_file
 
 from ophora.cli import main
 from ophora.core.errors import InputError
+from ophora.core.media import read_video
 from ophora.core.signals import Interrupted
 from ophora.prepare.run import PrepareConfig, prepare
 from ophora.train.trainer import train
@@ -245,6 +248,72 @@ def test_sample_abandons_the_video_in_hand_and_resumes(tiny_model, tmp_path, mon
     monkeypatch.undo()
     assert main(args) == 0
     assert len(list(out.rglob("*.mp4"))) == 2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_a_real_prepare_process_finishes_the_clip_in_hand_and_resumes_exactly(signum, dataset, tiny_model, tmp_path):
+    data = tmp_path / "data"
+    (data / "clips").mkdir(parents=True)
+    ids = [f"clip{i:03d}" for i in range(300)]
+    for clip_id in ids:
+        shutil.copy(dataset / "clips" / "case1_0.mp4", data / "clips" / f"{clip_id}.mp4")
+
+    def listing(count: int) -> None:
+        (data / "instructions.csv").write_text("clip id,instruction\n" + "".join(
+            f"{c},Polish the posterior capsule {i}.\n" for i, c in enumerate(ids[:count])))
+
+    listing(len(ids))
+    out = tmp_path / "cache"
+    args = ["prepare", str(data), "--model", str(tiny_model), "--frame-buckets", "9", "--heights", "64",
+            "--widths", "64"]
+    proc, tag = launch([*args, "--out", str(out)])
+    wait_for(lambda: len(list((out / "clips").glob("clip*.safetensors"))) >= 2, 180, proc)
+    ctrl_c(proc) if signum == signal.SIGINT else proc.send_signal(signum)
+    code, err = finish(proc, 30)
+    line = last_line(err)
+    done = len(list((out / "clips").glob("clip*.safetensors")))
+    assert code == 128 + signum and line.startswith(f"ophora prepare: stopped by {signal.Signals(signum).name}; "
+                                                    f"{done} clips encoded in this run, {len(ids) - done} left")
+    no_survivors(tag)
+    assert not (out / "cache.json").exists() and not list(out.rglob(".*partial*"))
+    listing(done + 2)  # the rerun: the same clips, fewer of them to keep it short
+    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    assert (out / "index.csv").read_text() == (tmp_path / "whole" / "index.csv").read_text()
+    for clip in (tmp_path / "whole" / "clips").iterdir():
+        a, b = load_file(clip), load_file(out / "clips" / clip.name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("how", ["sigterm", pytest.param("ctrl-c twice", marks=pytest.mark.slow)])
+def test_a_real_sample_process_stops_at_once_and_resumes_to_the_same_videos(how, tiny_model, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"Polish the posterior capsule, pass {i}.\n" for i in range(400)))
+    out = tmp_path / "samples"
+    args = ["sample", "--model", str(tiny_model), "--prompts", str(prompts), "--frames", "9", "--height", "32",
+            "--width", "32", "--steps", "1"]
+    proc, tag = launch([*args, "--out", str(out)])
+    wait_for(lambda: len(list(out.glob("*/0.json"))) >= 2, 180, proc)
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        ctrl_c(proc)
+        ctrl_c(proc)
+    code, err = finish(proc, 30)
+    assert code == (143 if how == "sigterm" else 130)
+    assert last_line(err).startswith(f"ophora sample: stopped by {'SIGTERM' if how == 'sigterm' else 'SIGINT'}")
+    no_survivors(tag)
+    made = sorted(p.parent.name for p in out.glob("*/0.json"))
+    assert 2 <= len(made) < 400 and not list(out.rglob(".*partial*"))
+    assert sorted(p.parent.name for p in out.glob("*/0.mp4")) == made  # no video without its record, or half-written
+    first = prompts.read_text().splitlines()[: len(made) + 3]
+    prompts.write_text("\n".join(first) + "\n")  # the rerun: the same prompts, fewer of them to keep it short
+    assert main([*args, "--out", str(out)]) == 0
+    (tmp_path / "few.txt").write_text(prompts.read_text())
+    assert main([*args, "--prompts", str(tmp_path / "few.txt"), "--out", str(tmp_path / "whole")]) == 0
+    for clip in sorted(p.name for p in (tmp_path / "whole").iterdir() if p.is_dir()):
+        a, b = read_video(out / clip / "0.mp4")[0], read_video(tmp_path / "whole" / clip / "0.mp4")[0]
+        assert np.array_equal(a, b), clip
 
 
 # ------------------------------------------------------------------------------------------- planted pickles
