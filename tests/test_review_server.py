@@ -1,6 +1,6 @@
 """`ophora review` server against the real process on localhost: sign-in, blinding, range requests, and every
 refusal the issue lists (no token, wrong token, another rater's answers, path traversal, bad scores, huge
-comments, replays, cross-site writes), each checked to store nothing."""
+comments, replays, cross-site writes, another rater's video), each checked to store nothing."""
 
 from __future__ import annotations
 
@@ -210,6 +210,39 @@ def test_refusals_store_nothing(server, study):
     assert counts(study) == stored
     item = next(i for i in client.get("/api/state").json()["items"] if i["video"] == first["video"])
     assert item["scores"][first["criterion"]] == 4
+
+
+def test_a_rater_cannot_fetch_a_video_of_another_rater(tmp_path, study):
+    folder = tmp_path / "per-rater"
+    create_study(CreateConfig(study=folder, generated=study["samples"], real=study["real"], per_rater=4, seed=8))
+    tokens = {name: add_rater(AddRaterConfig(study=folder, name=name)).token for name in ("alice", "bob")}
+    with Server(folder) as per_rater:
+        alice, alice_state = signed_in(per_rater, tokens["alice"])
+        bob, bob_state = signed_in(per_rater, tokens["bob"])
+        mine = {i["video"] for i in alice_state["items"]}
+        bobs = [i["video"] for i in bob_state["items"] if i["video"] not in mine]
+        assert len(mine) == 4 and len(bobs) == 4  # the least-rated first: bob got the four alice did not
+        unknown = secrets.token_hex(16)
+        csrf = {"x-ophora-csrf": alice_state["csrf"]}
+        before = counts({"folder": folder})
+        for video in bobs:
+            path = folder / "media" / f"{video}.mp4"
+            assert bob.get(f"/api/video/{video}").content == path.read_bytes()  # there, and bob's to fetch
+            for method, headers in (("GET", {}), ("HEAD", {}), ("GET", {"range": "bytes=0-99"})):
+                refused, absent = (alice.request(method, f"/api/video/{v}", headers=headers) for v in (video, unknown))
+                assert refused.status_code == absent.status_code == 404, method
+                assert refused.content == absent.content and dict(refused.headers) == dict(absent.headers), method
+            # nor through the API: alice's state never names it, writes on it are refused as on an unknown id
+            assert video not in alice.get("/api/state").text
+            for endpoint, body in (("/api/score", {"criterion": alice_state["criteria"][0]["key"], "score": 3}),
+                                   ("/api/comment", {"comment": "seen it"})):
+                refused, absent = (alice.post(endpoint, json={"request": rid(), "video": v, **body}, headers=csrf)
+                                   for v in (video, unknown))
+                assert refused.status_code == absent.status_code == 404, endpoint
+                assert refused.content == absent.content and dict(refused.headers) == dict(absent.headers), endpoint
+        assert counts({"folder": folder}) == before  # the refusals stored nothing
+        own = alice.get(f"/api/video/{alice_state['items'][0]['video']}")
+        assert own.status_code == 200 and own.headers["content-type"] == "video/mp4"
 
 
 def test_admin_view_has_its_own_token(server, study):
