@@ -43,7 +43,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ophora import cli
-from ophora.core.files import as_json_value, differences, read_json, write_csv, write_json
+from ophora.core.files import (
+    as_json_value,
+    differences,
+    read_json,
+    write_csv,
+    write_json,
+)
 from ophora.core.tables import ID_COLUMN
 from ophora.synthetic import mini_experiment as mx
 
@@ -484,7 +490,8 @@ def run(args: argparse.Namespace) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="experiment folder (every step's outputs; rerun to resume)")
+    p.add_argument("--out", help="experiment folder (every step's outputs; rerun to resume); required but with "
+                   "--export-demo")
     p.add_argument("--toy", action="store_true", help="toy sizes for a CPU in minutes (numbers mean nothing)")
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="curate and loader processes")
@@ -492,13 +499,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, help="start no new step after this many minutes (exit 3; rerun)")
     p.add_argument("--pack", help="afterwards (also when stopped), write OUT as state.tar.NNN parts into this folder")
     p.add_argument("--unpack", help="first restore OUT from the state.tar.NNN parts in this folder (if OUT is new)")
-    return p.parse_args(argv)
+    p.add_argument("--export-demo", metavar="FINAL", help="only write FINAL (a run's p2ft/final) as the demo model "
+                   "src/ophora/demo_model, with --results' mini_ophora.json as its provenance, and exit")
+    args = p.parse_args(argv)
+    if not (args.out or args.export_demo):
+        p.error("--out is required")
+    return args
+
+
+def export_demo(final: Path, results: Path) -> Path:
+    """The shipped demo model from a mini run's P2FT pipeline and its results."""
+    from ophora.synthetic.demo_model import export_demo_model
+
+    r = read_json(results / "mini_ophora.json", "the mini experiment's results")
+    provenance = {"made_by": "benchmarks/mini_ophora.py --export-demo", "run": r["command"], "device": r["device"],
+                  "results": "benchmarks/results/mini_ophora.json", "training": r["training"],
+                  "phase_accuracy_of_its_videos": r["phase_accuracy"]["p2ft"], "chance": r["phase_accuracy"]["chance"],
+                  "world": {k: r["profile_settings"][k] for k in ("videos", "width", "height")},
+                  "sampling": {k: r["profile_settings"][k] for k in ("sample_steps", "guidance")}}
+    return export_demo_model(final, Path(__file__).resolve().parents[1] / "src" / "ophora" / "demo_model", provenance)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.command = " ".join(["python", "benchmarks/mini_ophora.py", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.export_demo:
+        print(export_demo(Path(args.export_demo), Path(args.results or Path(__file__).resolve().parent / "results")))
+        return 0
     code = 0
     try:
         print(run(args))

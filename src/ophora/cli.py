@@ -48,7 +48,10 @@ def _load(ref: str):
 @dataclass
 class DemoConfig:
     out: Path = option(Path("demo"), "folder for everything the demo writes")
-    model: str | None = option(None, "sample with this model instead of the untrained tiny one")
+    model: str | None = option(None, "sample the twelve phases with this pipeline instead of the shipped mini model")
+    steps: int = option(20, "denoising steps of the twelve phases' videos")
+    frames: int | None = option(None, "frames of the twelve phases' videos, 8k+1 (default: the model's)")
+    pipeline: bool = option(True, "also run the whole path (curate, prepare, TPT, P2FT, sample) on a tiny random model")
 
 
 @dataclass
@@ -74,7 +77,7 @@ class TrainArgs:
 
 
 def _demo(c: DemoConfig) -> None:
-    print(_load("ophora.demo:run_demo")(c.out, model=c.model))
+    print(_load("ophora.demo:run_demo")(c.out, model=c.model, steps=c.steps, frames=c.frames, pipeline=c.pipeline))
 
 
 def _random_model(c: RandomModelConfig) -> None:
@@ -174,7 +177,7 @@ def _downstream(config) -> int:
 
 
 COMMANDS: dict[str, Command] = {
-    "demo": Command("run the pipeline end to end on a tiny untrained model and write a gallery",
+    "demo": Command("the twelve phases from the shipped mini model, and the whole path on a tiny one",
                     "ophora.cli:DemoConfig", _demo, outputs=("out",)),
     "make-narrated-videos": Command("write synthetic narrated cataract-surgery videos with known curation ground "
                                     "truth", "ophora.cli:NarratedVideosConfig", _narrated_videos,

@@ -1,10 +1,13 @@
-"""`ophora demo`: the whole path on a tiny untrained model, small enough for a laptop CPU.
+"""`ophora demo`: the twelve phases from the shipped mini model, and the whole path on a tiny untrained one.
 
-sample videos -> curate -> prepare -> TPT -> P2FT -> sample from the P2FT model (the curated instructions
-and the twelve Cataract-1K phases). The model is untrained at the start, so the videos are noise: the
-demo shows the machinery, not a surgical model. Each step writes its
-folder under the demo folder and is skipped on a rerun when its output is already there, so an
-interrupted demo resumes.
+1. The gallery of the twelve Cataract-1K phases, sampled from the model shipped in `ophora/demo_model`: a
+   CogVideoX-architecture model that `benchmarks/mini_ophora.py` trained from scratch (TPT, then P2FT) on
+   the procedural surgery world, so each video shows the instrument and lens of the phase its instruction
+   names (docs/evidence.md). `--model` samples another pipeline instead.
+2. The machinery, small enough for a laptop CPU: narrated videos -> curate -> prepare -> TPT -> P2FT ->
+   sample the curated instructions, on a tiny random model whose videos stay noise.
+Each step writes its folder under the demo folder and is skipped on a rerun when its output is already
+there, so an interrupted demo resumes.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from ophora.synthetic.random_pipeline import make_random_model
 from ophora.sample import SampleConfig, sample
+from ophora.synthetic.demo_model import PROMPTS_FILE
+from ophora.synthetic.random_pipeline import make_random_model
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +31,37 @@ def bundled(name: str) -> Path:
     return Path(str(resources.files("ophora") / name))
 
 
-def run_demo(out: str | Path, model: str | None = None) -> Path:
-    """Run the demo in `out`; returns the final gallery page.
+def run_demo(out: str | Path, model: str | None = None, steps: int = 20, frames: int | None = None,
+             pipeline: bool = True) -> Path:
+    """Run the demo in `out`; returns the twelve phases' gallery page.
 
-    With `model` (a real pipeline), only the sampling step runs: the twelve Cataract-1K phases.
+    `model`: sample the phases from this pipeline instead of the shipped one (its `prompts.csv` if it has
+    one, else the bundled Cataract-1K phase prompts); `steps`, `frames`: of those videos (default frames:
+    the model's); `pipeline`: also run the whole path on the tiny model.
     """
     out = Path(out)
-    if model is not None:
-        sample(SampleConfig(model=model, out=out / "samples", prompts=bundled("prompts/cataract1k_phases.csv")))
-        return _announce(out / "samples" / "index.html")
+    phases = _phases(out / "phases", model, steps, frames)
+    if pipeline:
+        _pipeline(out)
+    return _announce(phases)
 
+
+def _phases(out: Path, model: str | None, steps: int, frames: int | None) -> Path:
+    """The twelve phases' gallery from `model` (default: the shipped mini model)."""
+    folder = Path(model) if model is not None else bundled("demo_model")
+    own = folder / PROMPTS_FILE
+    if own.is_file():  # the model's own words for each phase; it was trained without caption dropout: no CFG
+        config = SampleConfig(model=str(folder), out=out, prompts=own, prompt_column="instruction", steps=steps,
+                              frames=frames, guidance=1.0)
+    else:
+        config = SampleConfig(model=str(folder), out=out, prompts=bundled("prompts/cataract1k_phases.csv"),
+                              steps=steps, frames=frames)
+    sample(config)
+    return out / "index.html"
+
+
+def _pipeline(out: Path) -> None:
+    """Narrated videos -> curate -> prepare -> TPT -> P2FT -> samples, on the tiny random model."""
     from ophora.curate.pipeline import CurateConfig, curate
     from ophora.synthetic.narrated_videos import make_narrated_videos
     from ophora.prepare import PrepareConfig, prepare
@@ -64,15 +89,11 @@ def run_demo(out: str | Path, model: str | None = None) -> Path:
         f"subset_csv={dataset / 'privacy_preserved.csv'}",
     ]))
 
-    # 5. sample the P2FT model: the curated instructions, and the twelve Cataract-1K phases
-    final = str(p2ft / "final")
-    sample(SampleConfig(model=final, out=out / "samples", prompts=dataset / "privacy_preserved.csv",
+    # 5. sample the P2FT model with the curated instructions
+    sample(SampleConfig(model=str(p2ft / "final"), out=out / "samples", prompts=dataset / "privacy_preserved.csv",
                         prompt_column="instruction", steps=10, **TINY_VIDEO))
-    sample(SampleConfig(model=final, out=out / "phases", prompts=bundled("prompts/cataract1k_phases.csv"), steps=10,
-                        **TINY_VIDEO))
     log.info("curation report: %s", dataset / "report.html")
-    log.info("the twelve phases: %s", out / "phases" / "index.html")
-    return _announce(out / "samples" / "index.html")
+    log.info("the tiny model's samples: %s", out / "samples" / "index.html")
 
 
 def _announce(page: Path) -> Path:
