@@ -85,6 +85,28 @@ def test_unusable_output_folders_are_refused_before_work(command, kind, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]  # nothing was made
 
 
+@pytest.mark.parametrize("error", ["ENOSPC", "EROFS"])
+def test_a_write_refused_mid_run_is_one_line_naming_the_file(error, tiny_model, cache, tmp_path, capsys, monkeypatch):
+    """The disk fills up (or turns read-only) after the up-front checks: the write that fails is named, exit 2."""
+    import errno
+    import os
+
+    from ophora.train import trainer
+
+    target = tmp_path / "run" / "checkpoints" / "step-0000002" / "model.safetensors"
+
+    def refused(*args, **kwargs):
+        raise OSError(getattr(errno, error), os.strerror(getattr(errno, error)), str(target))
+
+    monkeypatch.setattr(trainer, "save_checkpoint", refused)
+    assert cli.main(["train", "tiny-tpt", f"model={tiny_model}", f"cache={cache}", f"out={tmp_path / 'run'}",
+                     "steps=2", "checkpoint_every=2", "batch_size=1", "validation_prompts=[]", "export=false"]) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]  # after the progress bar
+    assert "Traceback" not in err and line.startswith(f"ophora train: error: {target}: {os.strerror(getattr(errno, error))}")
+    assert "free some space" in line and "rerun to resume" in line
+
+
 @pytest.mark.skipif(hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0,
                     reason="root may write into read-only folders")
 def test_read_only_folder_is_refused(tmp_path, capsys):
