@@ -328,3 +328,21 @@ def test_clips_a_full_disk_refused_are_written_on_the_rerun(narrated, tmp_path, 
     assert (manifest.loc[failed["clip id"], "decision"] == "keep").all()
     assert sorted(p.stem for p in (out / "clips").glob("*.mp4")) == sorted(failed["clip id"])
     assert len(list((out / ".work").glob("*.json"))) == 1  # the decisions are final now
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+@pytest.mark.parametrize("command", ["sample", "prepare", "evaluate", "downstream"])
+def test_device_cuda_without_cuda_is_one_line_before_work(command, tiny_model, dataset, tmp_path, capsys):
+    from ophora.synthetic.phase_videos import make_phase_cases
+
+    real = make_phase_cases(tmp_path / "real", {f"case_{i}": ["Incision"] for i in (1, 2, 3)}, seconds=1.0)
+    out = str(tmp_path / "out")
+    argv = {"sample": ["sample", "--model", str(tiny_model), "--prompt", "Incise.", "--out", out],
+            "prepare": ["prepare", str(dataset), "--model", str(tiny_model), "--out", out],
+            "evaluate": ["evaluate", "--real", str(real / "videos"), "--generated", str(real / "videos"),
+                         "--metrics", "temporal", "--out", out],
+            "downstream": ["downstream", "--annotations", str(real / "annotations"), "--videos", str(real / "videos"),
+                           "--out", out]}[command]
+    line = one_line_error(capsys, *argv, "--device", "cuda")
+    assert "--device cuda: this machine has no CUDA GPU" in line and "--device cpu" in line
+    assert not (tmp_path / "out").exists()

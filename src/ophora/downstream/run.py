@@ -196,6 +196,7 @@ def downstream(config: DownstreamConfig) -> dict:
     """Run the experiment (see the module docstring); returns what results.json holds."""
     config.check()
     ranks = init_ranks(cuda_collectives=True)  # gradients are summed on the GPUs
+    device = torch.device(pick_device(config.device or None, ranks))  # a --device this machine lacks: before work
     shards = config.batch_shards or ranks.world
     if shards % ranks.world:
         raise ConfigError(f"--batch-shards {shards} cannot be shared by {ranks.world} processes: use a multiple of "
@@ -264,7 +265,6 @@ def downstream(config: DownstreamConfig) -> dict:
         write_csv(config.out / "refused.csv", REFUSED_COLUMNS, refused)
         write_csv(config.out / "failures.csv", ("video", "path", "error_type", "error"), failures)
 
-    device = torch.device(pick_device(config.device or None, ranks))
     results = {}
     with stop_requests("training step") as stop:  # a signal between two steps stops after the step, between runs too
         for run in runs:
