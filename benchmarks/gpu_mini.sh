@@ -2,7 +2,9 @@
 # .whl-mini/ (git-ignored through .git/info/exclude) holds the wheels that machine lacks, about 61 MB: av 18.1.0,
 # rapidocr-onnxruntime 1.4.4, scenedetect 0.7.2, pyclipper 1.4.0, shapely 2.2.0, platformdirs, diffusers 0.42.1,
 # importlib_metadata (pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl-mini NAME==VER).
-# Carry .whl-mini and nothing else large: the tree that travels may hold 64 MiB in all.
+# Carry .whl-mini and nothing else large: the tree that travels may hold 64 MiB in all. Since the demo model ships
+# in the tree (15 MB), .whl-mini no longer fits beside it: install PyAV (36 MB) in a first call carrying only its
+# wheel, then, within 30 s, run this with WHEELS naming a folder of the other wheels.
 #   run(command="bash benchmarks/gpu_mini.sh", carry=[".whl-mini"], timeout_s=600)
 # Each call starts no new step after 6 minutes and SIGINTs a running stage at 9:20 (it saves and stops); call
 # again at once (the machine stays warm 30 s) and it continues in /root/mini. The last call, which finishes the
