@@ -119,6 +119,15 @@ def state_dict_mismatch(own: dict, given: dict) -> str:
 
 # CogVideoX-2b's own video settings: what a pipeline folder without an ophora training record is sampled at.
 COGVIDEOX_VIDEO = {"frames": 49, "height": 480, "width": 720, "fps": 8}
+
+
+def frames_problem(frames: int) -> str | None:
+    """Why CogVideoX cannot make videos of `frames` frames, or None. Its causal VAE decodes (frames - 1) / 4 + 1
+    latent frames to 4 frames each after the first, and only an odd number of them gives `frames` back (13 frames
+    would come out as 16), so frame counts are 8k+1 in sampling, in validation and in the training clips."""
+    if frames < 1 or (frames - 1) % 8:
+        return f"must be of the form 8k+1 (9, 17, 25, 33, 41, 49), got {frames}"
+    return None
 TRAIN_RECORD = "ophora_train.json"
 
 

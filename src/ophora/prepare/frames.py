@@ -20,6 +20,7 @@ import torch
 
 from ophora.core.errors import InputError, MediaError
 from ophora.core.media import stream_fps
+from ophora.core.models import frames_problem
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ class FrameSettings:
     def check(self) -> None:
         """Raise InputError for buckets CogVideoX cannot use."""
         for n in self.frame_buckets:
-            if n < 1 or (n - 1) % 4:
-                raise InputError(f"frame buckets must be of the form 4k+1 (9, 17, ..., 49), got {n}")
+            if frames_problem(n):  # a model trained at 13 frames could neither validate nor sample at its own length
+                raise InputError(f"frame buckets {frames_problem(n)}: CogVideoX decodes only 8k+1 frames")
         for side in (*self.heights, *self.widths):
             if side <= 0 or side % 16:
                 raise InputError(f"bucket heights and widths must be positive multiples of 16, got {side}")

@@ -47,7 +47,7 @@ class PrepareConfig:
     model: str = option(help="pipeline whose VAE and T5 encode the clips (hub id or local folder)")
     out: Path = option(help="cache folder (clips/*.safetensors, index.csv, cache.json, rejects.csv)")
     csv: str = option("instructions.csv", "CSV in the dataset folder (privacy_preserved.csv for P2FT)")
-    frame_buckets: tuple[int, ...] = option((49,), "frames per training sample, 4k+1 each, e.g. 49 or 17,33,49",
+    frame_buckets: tuple[int, ...] = option((49,), "frames per training sample, 8k+1 each, e.g. 49 or 17,33,49",
                                             metavar="N[,N...]", deprecated=("--frames",))
     target_fps: float = option(8.0, "frame rate at which frames are taken from each clip", deprecated=("--fps",))
     heights: tuple[int, ...] = option((480, 720), "height buckets (multiples of 16)", metavar="H[,H...]")

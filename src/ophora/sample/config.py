@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ophora.core.config import option
 from ophora.core.errors import ConfigError, InputError
+from ophora.core.models import frames_problem
 from ophora.sample.cache_spec import MODES as CACHE_MODES
 from ophora.sample.cache_spec import NEEDS_WHOLE_CFG_BATCH, CacheSpec
 
@@ -33,7 +34,7 @@ class SampleConfig:
                                 aliases=("--num_frames",))
     height: int | None = option(None, "video height, a multiple of 16; default: the model's")
     width: int | None = option(None, "video width, a multiple of 16; default: the model's")
-    fps: int | None = option(None, "frame rate of the written videos; default: the model's")
+    fps: float | None = option(None, "frame rate of the written videos; default: the model's")
     seed: int = option(42, "run seed; each video's seed is derived from (seed, clip id, n)")
     fixed_seed: bool = option(False, "authors-compatible sampling: every video uses --seed itself instead of a seed "
                                      "derived from (seed, clip id, n)", group="authors-compatible sampling")
@@ -117,7 +118,12 @@ class SampleConfig:
         """This config with unset frames/height/width/fps taken from `video` (the model's settings), checked."""
         import dataclasses
 
-        filled = {k: getattr(self, k) if getattr(self, k) is not None else int(video[k]) for k in ("frames", "height", "width", "fps")}
+        filled = {k: getattr(self, k) if getattr(self, k) is not None else video[k]
+                  for k in ("frames", "height", "width", "fps")}
+        if self.frames is None and frames_problem(int(filled["frames"])):
+            raise ConfigError(f"the model was trained on {filled['frames']}-frame clips, which CogVideoX cannot "
+                              "decode back to that length; give --frames (9, 17, 25, 33, 41 or 49)")
+        filled = {k: int(v) for k, v in filled.items() if k != "fps"} | {"fps": whole(filled["fps"])}
         check_video_shape(**filled)
         return dataclasses.replace(self, **filled)
 
@@ -130,13 +136,18 @@ class SampleConfig:
         return {**{k: getattr(self, k) for k in keys}, **self.cache_spec.identity()}
 
 
-def check_video_shape(frames: int, height: int, width: int, fps: int) -> None:
-    """Frames must be 8k+1 (CogVideoX's causal VAE decodes an odd number of latent frames) and sides multiples of 16."""
-    if frames < 1 or (frames - 1) % 8:
-        raise ConfigError(f"--frames must be of the form 8k+1 (9, 17, 25, 33, 41, 49), got {frames}: CogVideoX's VAE "
-                          "turns (frames - 1) / 4 + 1 latent frames into video and needs that number odd")
+def whole(fps: float) -> float | int:
+    """A frame rate as an int when it is whole (8.0 -> 8), so that records and identities read as before."""
+    return int(fps) if float(fps).is_integer() else float(fps)
+
+
+def check_video_shape(frames: int, height: int, width: int, fps: float) -> None:
+    """Frames must be 8k+1 (see core.models.frames_problem) and sides multiples of 16."""
+    if frames_problem(frames):
+        raise ConfigError(f"--frames {frames_problem(frames)}: CogVideoX's VAE turns (frames - 1) / 4 + 1 latent "
+                          "frames into video and needs that number odd")
     for name, value in (("height", height), ("width", width)):
         if value <= 0 or value % 16:
             raise ConfigError(f"--{name} must be a positive multiple of 16, got {value}")
-    if fps < 1:
-        raise ConfigError(f"--fps must be at least 1, got {fps}")
+    if not fps > 0:
+        raise ConfigError(f"--fps must be positive, got {fps}")

@@ -12,6 +12,7 @@ import yaml
 
 from ophora.core.config import apply_values
 from ophora.core.errors import ConfigError
+from ophora.core.models import frames_problem
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,8 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_blocks must be 0 or more, got {self.checkpoint_blocks}")
         if self.strata is not None and self.strata < 1:
             raise ConfigError(f"strata must be at least 1, got {self.strata}")
-        if self.validation_frames is not None and (self.validation_frames < 1 or (self.validation_frames - 1) % 8):
-            raise ConfigError(f"validation_frames must be 8k+1 (9, 17, ..., 49), got {self.validation_frames}")
+        if self.validation_frames is not None and frames_problem(self.validation_frames):
+            raise ConfigError(f"validation_frames {frames_problem(self.validation_frames)}")
         for name in ("validation_height", "validation_width"):
             value = getattr(self, name)
             if value is not None and (value <= 0 or value % 16):
