@@ -214,3 +214,21 @@ def test_a_damaged_study_database_is_one_line_for_every_review_command(damage, t
         assert "Traceback" not in err and len(err.splitlines()) == 1, err
         assert f"{database} is damaged or not a study database" in err
     assert not (tmp_path / "e").exists()
+
+
+# ------------------------------------------------------------------------------------------- curate records
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"fingerprint": "fp"}', '{"fingerprint": "fp", "skipped": "", '
+                                     '"detail": "", "rows": 5}', '{"fingerprint": "fp", "skipped": "", "detail": "", '
+                                     '"rows": [7]}', '{"fingerprint": "f', "[" * 100_000, "\udcff"])
+def test_a_damaged_or_foreign_source_record_means_the_source_is_processed_again(content, tmp_path):
+    from ophora.curate.pipeline import SourceJob, _load_record
+
+    job = SourceJob("in/a.mp4", "a.mp4", "a", [], "fp")
+    (tmp_path / ".work").mkdir()
+    (tmp_path / ".work" / "a.json").write_text(content, errors="surrogateescape")
+    assert _load_record(job, tmp_path) is None
+    (tmp_path / ".work" / "a.json").write_text(json.dumps({"fingerprint": "fp", "skipped": "", "detail": "",
+                                                          "rows": [{"clip_id": "a_0", "decision": "drop"}]}))
+    assert _load_record(job, tmp_path)["rows"] == [{"clip_id": "a_0", "decision": "drop"}]

@@ -319,14 +319,20 @@ def _json_default(value):
 
 
 def _load_record(job: SourceJob, out: Path) -> dict | None:
+    """The source's record of an earlier run, if it is whole, of these settings and its kept clips are there; else
+    None (a missing, damaged or foreign file: the source is processed again)."""
     path = out / ".work" / f"{job.stem}.json"
     try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
-    if record.get("fingerprint") != job.fingerprint:
+    if not isinstance(record, dict) or record.get("fingerprint") != job.fingerprint or \
+            not {"skipped", "detail"} <= record.keys():
         return None
-    kept = [r for r in record["rows"] if r["decision"] == "keep"]
+    rows = record.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"clip_id", "decision"} <= r.keys() for r in rows):
+        return None
+    kept = [r for r in rows if r["decision"] == "keep"]
     return record if all((out / "clips" / f"{r['clip_id']}.mp4").is_file() for r in kept) else None
 
 
