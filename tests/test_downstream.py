@@ -276,3 +276,27 @@ def test_outputs_and_resume(experiment, capsys):
     assert (out / "runs" / "real" / "best.safetensors").stat().st_mtime_ns == before
     assert main([*experiment["args"][:-2], "--epochs", "6", "--workers", "0"]) == 2  # other settings: refused
     assert "other settings (epochs differ)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["result", "checkpoint weights", "selected weights"])
+def test_a_damaged_run_file_is_recomputed_with_a_warning_to_the_same_result(damage, tmp_path, caplog):
+    """A damaged result.json is tested again from the checkpoint; a damaged checkpoint (or selected weights) trains
+    the run from the start: a warning naming the folder, and the result the undamaged run had (no traceback)."""
+    real = make_phase_cases(tmp_path / "real", {f"case_{i}": list(PHASES[:3]) for i in range(1, 5)}, seconds=1.0)
+    args = ["downstream", "--annotations", str(real / "annotations"), "--videos", str(real / "videos"),
+            "--model", "mvit_v2_tiny", "--clip-frames", "8", "--clip-size", "32", "--clip-fps", "4", "--epochs", "2",
+            "--workers", "0", "--out", str(tmp_path / "out")]
+    with torch_threads(1):
+        assert main(args) == 0
+        first = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+        run = tmp_path / "out" / "runs" / "real"
+        if damage != "result":
+            (run / "result.json").unlink()
+        target = {"result": run / "result.json", "checkpoint weights": run / "checkpoint" / "model.safetensors",
+                  "selected weights": run / "best.safetensors"}[damage]
+        target.write_bytes(b"damaged" * 20)
+        assert main(args) == 0
+    expected = "testing the run again" if damage == "result" else \
+        f"the checkpoint in {run / 'checkpoint'} is damaged"
+    assert expected in caplog.text and "Traceback" not in caplog.text
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"] == first

@@ -18,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ophora.core.errors import InputError
 from ophora.core.files import atomic_dir, atomic_path, read_json, write_json
+from ophora.core.models import state_dict_mismatch
 from ophora.core.ranks import Ranks, barrier
 from ophora.core.seeds import derived_seed
 from ophora.core.signals import Interrupted, StopFlag
@@ -122,15 +125,33 @@ def _save_checkpoint(folder: Path, model, optimizer, state: dict) -> None:
         write_json(tmp / "state.json", {**state, "param_groups": saved["param_groups"]})
 
 
-def _load_checkpoint(folder: Path, model, optimizer, device) -> dict:
-    state = read_json(folder / "state.json", "the training state")
-    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
-    per_param: dict[int, dict] = {}
-    for key, value in load_file(str(folder / "optimizer.safetensors"), device=str(device)).items():
-        index, name = key.split(".", 1)
-        per_param.setdefault(int(index), {})[name] = value.cpu() if name == "step" else value
-    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
-    return state
+def _saved_checkpoint(folder: Path, best: Path, identity: str, model, device, name: str) -> tuple | None:
+    """(state, model weights, optimizer state) of the run's checkpoint when it is this run's and every file of it
+    (the selected weights `best` too) reads back and fits `model`; else None, with a warning when it is damaged
+    (the run then trains from the start, as a run without a checkpoint does)."""
+    if not (folder / "state.json").is_file():
+        return None
+    try:
+        state = read_json(folder / "state.json", "the training state")
+        if state.get("identity") != identity:
+            log.info("%s: its settings or clips changed; training from the start", name)
+            return None
+        weights = load_file(str(folder / "model.safetensors"), device=str(device))
+        problem = state_dict_mismatch(model.state_dict(), weights)
+        if problem:
+            raise ValueError(problem)
+        per_param: dict[int, dict] = {}
+        for key, value in load_file(str(folder / "optimizer.safetensors"), device=str(device)).items():
+            index, part = key.split(".", 1)
+            per_param.setdefault(int(index), {})[part] = value.cpu() if part == "step" else value
+        optimizer_state = {"state": per_param, "param_groups": state["param_groups"]}
+        if state["best"] is not None:
+            load_file(str(best))  # the selected weights, tested at the end
+    except (InputError, OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: the checkpoint in %s is damaged (%s); training the run from the start", name, folder,
+                    " ".join(str(exc).split()) or type(exc).__name__)
+        return None
+    return state, weights, optimizer_state
 
 
 def _save_weights(path: Path, model) -> None:
@@ -228,8 +249,13 @@ def train_run(run: Run, phases: list[str], config: DownstreamConfig, shards: int
     """
     identity = run_identity(run, phases, identity)
     done = folder / "result.json"
-    if done.is_file() and read_json(done, "the run result").get("identity") == identity:
-        return read_json(done, "the run result")
+    if done.is_file():
+        try:
+            result = read_json(done, "the run result")
+            if result.get("identity") == identity:
+                return result
+        except InputError as exc:  # recomputed from the checkpoint
+            log.warning("%s: %s; testing the run again", run.name, str(exc).split(";")[0])
     torch.manual_seed(derived_seed(config.seed, "init"))  # the same initial weights for every training set
     model = build_model(config.model, len(phases), config.clip_frames, config.clip_size)
     if weights is not None:
@@ -239,14 +265,13 @@ def train_run(run: Run, phases: list[str], config: DownstreamConfig, shards: int
     loop = Loop(model, optimizer, config, shards, ranks, device,
                 math.ceil(len(run.train) / (shards * config.batch_size)), folder / "checkpoint")
     state = {"identity": identity, "epoch": 0, "batch": 0, "step": 0, "losses": [], "history": [], "best": None}
-    if (loop.checkpoint / "state.json").is_file():
-        saved = read_json(loop.checkpoint / "state.json", "the training state")
-        if saved.get("identity") == identity:
-            state = _load_checkpoint(loop.checkpoint, model, optimizer, device)
-            state.pop("param_groups", None)
-            log.info("%s: resuming at epoch %d, batch %d", run.name, state["epoch"] + 1, state["batch"])
-        else:
-            log.info("%s: its settings or clips changed; training from the start", run.name)
+    saved = _saved_checkpoint(loop.checkpoint, folder / "best.safetensors", identity, model, device, run.name)
+    if saved is not None:
+        state, weights_saved, optimizer_state = saved
+        model.load_state_dict(weights_saved)
+        optimizer.load_state_dict(optimizer_state)
+        state.pop("param_groups", None)
+        log.info("%s: resuming at epoch %d, batch %d", run.name, state["epoch"] + 1, state["batch"])
     for epoch in range(state["epoch"], config.epochs):
         _train_epoch(run, loop, state, epoch, stop)
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(state["losses"]))}
