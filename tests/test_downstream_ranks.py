@@ -108,6 +108,22 @@ def test_a_signal_mid_epoch_saves_there_and_the_rerun_ends_exactly_as_the_whole_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("moment", ["cutting clips", "training"])
+def test_no_worker_outlives_a_killed_downstream(moment, surgeries, tmp_path, monkeypatch):
+    from test_interrupts import tagged
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run = tmp_path / "run"
+    proc, tag = launch(args(surgeries, run, "--epochs", "50", "--workers", "2"))
+    state = run / "runs" / "real" / "checkpoint" / "state.json"
+    ready = (lambda: len(tagged(tag)) >= 3) if moment == "cutting clips" else \
+        (lambda: state.is_file() and len(tagged(tag)) >= 3)  # the command and two workers (cutting or loading)
+    wait_for(ready, 180, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    no_survivors(tag)
+
+
 # ------------------------------------------------------------------------------------------------ shard arithmetic
 
 
