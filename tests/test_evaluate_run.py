@@ -93,6 +93,10 @@ def test_bad_inputs_give_one_line_errors(weights, tmp_path, capsys):
                                               str(tmp_path / "junk.pt")])
     assert "not found" in _error(capsys, [*base, "--generated", str(tmp_path / "real"), "--i3d-weights",
                                           str(tmp_path / "nothing.pt")])
+    write_set(tmp_path / "gen", [3], frames=12)  # a sample folder whose manifest lost its columns
+    (tmp_path / "gen" / "manifest.csv").write_text("clip id,video\nx,x.mp4\n")
+    lost = _error(capsys, [*base, "--generated", str(tmp_path / "gen")])
+    assert "manifest.csv is not a sample manifest" in lost and "'prompt'" in lost
 
 
 def test_inputs_read_manifests_datasets_and_folders(tmp_path):

@@ -50,7 +50,11 @@ def read_videos(spec: str | Path, flag: str) -> list[Video]:
         return _read_dataset(spec.parent, spec)
     if not spec.is_dir():
         raise InputError(f"{flag} {spec}: no such folder or file")
-    if (spec / "manifest.csv").is_file() and is_manifest(spec / "manifest.csv"):
+    if (spec / "manifest.csv").is_file():  # a sample output folder; read as plain videos it would lose the prompts
+        if not is_manifest(spec / "manifest.csv"):
+            raise InputError(f"{flag} {spec / 'manifest.csv'} is not a sample manifest (it lacks 'prompt' or "
+                             "'path'; `ophora sample` writes 'clip id', 'prompt' and 'path'); fix it, or move it "
+                             "away to evaluate the folder's videos as plain videos")
         return read_manifest(spec / "manifest.csv")
     if (spec / "clips").is_dir():
         for name in DATASET_CSVS:
