@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ophora.cli import main
@@ -208,6 +209,36 @@ def test_missing_and_mismatched_caches_are_refused(tiny_model, cache, tmp_path):
     with pytest.raises(InputError, match="holds none of the clips"):
         (tmp_path / "subset.csv").write_text("clip id,instruction\nunknown_0,x\n")
         train(tiny_config(tiny_model, cache, tmp_path / "run", f"subset_csv={tmp_path / 'subset.csv'}"))
+
+
+def test_a_run_resumes_only_on_the_inputs_it_read(tiny_model, cache, tmp_path):
+    """The same settings are not enough: a cache prepared again at the same path, or base weights re-saved with
+    other values, make another run (resuming would mix two); an unchanged copy of either resumes."""
+    model, data = tmp_path / "model", tmp_path / "cache"
+    shutil.copytree(tiny_model, model)
+    shutil.copytree(cache, data)
+    run = tmp_path / "run"
+    train(tiny_config(model, data, run, "steps=2", "export=false"))
+    assert {"base_weights_state", "cache_state"} <= json.loads((run / "run.json").read_text())["identity"].keys()
+    train(tiny_config(model, data, run, "steps=3", "export=false"))  # nothing changed: resumes
+
+    clip = sorted((data / "clips").iterdir())[0]
+    clip.write_bytes(clip.read_bytes())  # the same clip written again (a copy, new times): still the same run
+    train(tiny_config(model, data, run, "steps=4", "export=false"))
+    tensors = load_file(clip)
+    with safe_open(clip, "pt") as f:
+        metadata = f.metadata()
+    save_file(tensors, clip, {**metadata, "instruction": "Another instruction."})  # prepared again from new inputs
+    with pytest.raises(InputError, match=r"other settings \(cache_state differ\)"):
+        train(tiny_config(model, data, run, "steps=5", "export=false"))
+
+    run2 = tmp_path / "run2"
+    train(tiny_config(model, cache, run2, "steps=2", "export=false"))
+    weights = model / "transformer" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: v + 1 if v.is_floating_point() else v for k, v in tensors.items()}, weights)
+    with pytest.raises(InputError, match=r"other settings \(base_weights_state differ\)"):
+        train(tiny_config(model, cache, run2, "steps=3", "export=false"))
 
 
 def test_model_folder_missing_parts_is_refused(tiny_model, cache, tmp_path):

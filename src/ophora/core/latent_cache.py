@@ -156,6 +156,19 @@ def read_index(cache: Path, subset: set[str] | None = None) -> list[CacheEntry]:
     return entries
 
 
+def cache_state(cache: Path, entries: list[CacheEntry]) -> str:
+    """What a training run read from a cache, as a short hash: cache.json, index.csv, and each listed clip file's
+    size and safetensors header (its metadata names the instruction and the source video's identity, so a clip
+    prepared again from changed inputs differs; a copy with new file times does not; headers only: 160K clips
+    cost seconds)."""
+    h = hashlib.sha256((cache / "cache.json").read_bytes() + (cache / "index.csv").read_bytes())
+    for e in entries:
+        with (cache / e.file).open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            h.update(f"{e.file}:{(cache / e.file).stat().st_size}:".encode() + f.read(min(size, 1 << 24)))
+    return h.hexdigest()[:16]
+
+
 def intact_entries(cache: Path, entries: list[CacheEntry]) -> tuple[list[CacheEntry], list[tuple[CacheEntry, str]]]:
     """The entries whose clip files are intact (headers checked, in threads), and the others with their problem."""
     with ThreadPoolExecutor(8) as pool:

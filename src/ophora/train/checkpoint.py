@@ -49,14 +49,26 @@ class TrainState:
     skipped: int = 0
 
 
-def claim_run(out: Path, config: TrainConfig) -> None:
-    """Check that `out` is empty or holds this same run (same identity)."""
-    claim_folder(out, "run.json", config.identity(), "training run", "choose another out or delete it")
+def run_identity(config: TrainConfig, inputs: dict) -> dict:
+    """The settings and the state of the inputs (base weights, cache) that a run's result depends on."""
+    return {**config.identity(), **inputs}
 
 
-def write_run_record(out: Path, config: TrainConfig, extra: dict) -> None:
-    write_text(out / "run.json", json.dumps({"identity": config.identity(), "config": dataclasses.asdict(config),
-                                               **extra}, indent=1))
+def claim_run(out: Path, config: TrainConfig, inputs: dict) -> None:
+    """Check that `out` is empty or holds this same run: same settings, and the base weights and cache it read
+    then unchanged (a cache prepared again at the same path, or a LoRA run's base re-saved, is another run)."""
+    record = out / "run.json"
+    identity = run_identity(config, inputs)
+    old = read_json(record, "the record of this training run").get("identity") if record.is_file() else None
+    if isinstance(old, dict) and not inputs.keys() & old.keys():
+        log.warning("%s was started before runs recorded their inputs; resuming without checking them", out)
+        identity = config.identity()
+    claim_folder(out, "run.json", identity, "training run", "choose another out or delete it")
+
+
+def write_run_record(out: Path, config: TrainConfig, inputs: dict, extra: dict) -> None:
+    write_text(out / "run.json", json.dumps({"identity": run_identity(config, inputs),
+                                               "config": dataclasses.asdict(config), **extra}, indent=1))
 
 
 def _step_of(folder: Path) -> int | None:

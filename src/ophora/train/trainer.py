@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 from ophora.train.batches import MicroBatches
 from ophora.core.dataset import read_csv_pairs
 from ophora.core.errors import ConfigError, InputError
-from ophora.core.latent_cache import cache_video_settings, intact_entries, read_cache_info, read_index
-from ophora.core.models import TRAIN_RECORD, encoder_fingerprint, resolve_model
+from ophora.core.latent_cache import (cache_state, cache_video_settings, intact_entries, read_cache_info,
+                                     read_index)
+from ophora.core.models import TRAIN_RECORD, encoder_fingerprint, fingerprint, resolve_model
 from ophora.core.signals import Interrupted, die_with_parent, stop_requests
 from ophora.core.versions import versions
 from ophora.train.blocks import configure_blocks
@@ -201,7 +202,9 @@ def train(config: TrainConfig) -> Path:
     info, entries, damaged = check_cache(config, model_dir)
     video = cache_video_settings(info, entries)  # what the trained model makes by default (travels with it)
     out = Path(config.out)
-    claim_run(out, config)
+    inputs = {"base_weights_state": fingerprint([model_dir / "transformer"], with_mtime=False),
+              "cache_state": cache_state(Path(config.cache), entries)}
+    claim_run(out, config, inputs)
     accelerator = make_accelerator(config)
     rank, world = accelerator.process_index, accelerator.num_processes
     strata = config.strata or world
@@ -220,7 +223,7 @@ def train(config: TrainConfig) -> Path:
     model, optimizer = accelerator.prepare(transformer, optimizer)  # the LR schedule is saved by save_checkpoint
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        write_run_record(out, config, {"world_size": world, "clips": len(entries), "damaged_clips": damaged,
+        write_run_record(out, config, inputs, {"world_size": world, "clips": len(entries), "damaged_clips": damaged,
                                        "cache": info["model"],
                                        "trainable_parameters": sum(p.numel() for p in params),
                                        "video": video})
