@@ -221,6 +221,9 @@ def test_a_run_resumes_only_on_the_inputs_it_read(tiny_model, cache, tmp_path):
     train(tiny_config(model, data, run, "steps=2", "export=false"))
     assert {"base_weights_state", "cache_state"} <= json.loads((run / "run.json").read_text())["identity"].keys()
     train(tiny_config(model, data, run, "steps=3", "export=false"))  # nothing changed: resumes
+    info = json.loads((data / "cache.json").read_text())  # a prepare rerun that found everything done rewrites these
+    (data / "cache.json").write_text(json.dumps({**info, "written": "later", "versions": {"ophora": "next"}}))
+    train(tiny_config(model, data, run, "steps=3", "export=false"))
 
     clip = sorted((data / "clips").iterdir())[0]
     clip.write_bytes(clip.read_bytes())  # the same clip written again (a copy, new times): still the same run
