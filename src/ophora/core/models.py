@@ -128,6 +128,8 @@ def frames_problem(frames: int) -> str | None:
     if frames < 1 or (frames - 1) % 8:
         return f"must be of the form 8k+1 (9, 17, 25, 33, 41, 49), got {frames}"
     return None
+
+
 TRAIN_RECORD = "ophora_train.json"
 
 
