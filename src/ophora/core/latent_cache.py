@@ -156,17 +156,16 @@ def read_index(cache: Path, subset: set[str] | None = None) -> list[CacheEntry]:
     return entries
 
 
-def cache_state(cache: Path, entries: list[CacheEntry]) -> str:
-    """What a training run read from a cache, as a short hash: cache.json (but when and by which versions it was
-    written: a prepare rerun that changed nothing rewrites those), index.csv, and each listed clip file's size and
-    safetensors header (its metadata names the instruction and the source video's identity, so a clip prepared
+def cache_state(cache: Path, info: dict, entries: list[CacheEntry]) -> str:
+    """What a training run read from a cache, as a short hash: its `info` (cache.json, but when and by which
+    versions it was written: a prepare rerun that changed nothing rewrites those), index.csv, and each listed clip
+    file's size and header (its metadata names the instruction and the source video's identity, so a clip prepared
     again from changed inputs differs; a copy with new file times does not; headers only: 160K clips cost seconds)."""
-    info = {k: v for k, v in json.loads((cache / "cache.json").read_text()).items() if k not in ("written", "versions")}
-    h = hashlib.sha256(json.dumps(info, sort_keys=True).encode() + (cache / "index.csv").read_bytes())
+    kept = {k: v for k, v in info.items() if k not in ("written", "versions")}
+    h = hashlib.sha256(json.dumps(kept, sort_keys=True).encode() + (cache / "index.csv").read_bytes())
     for e in entries:
-        with (cache / e.file).open("rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            h.update(f"{e.file}:{(cache / e.file).stat().st_size}:".encode() + f.read(min(size, 1 << 24)))
+        header = read_clip_header(cache / e.file)
+        h.update(json.dumps([e.file, (cache / e.file).stat().st_size, header], sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 

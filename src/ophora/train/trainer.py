@@ -203,7 +203,7 @@ def train(config: TrainConfig) -> Path:
     video = cache_video_settings(info, entries)  # what the trained model makes by default (travels with it)
     out = Path(config.out)
     inputs = {"base_weights_state": fingerprint([model_dir / "transformer"], with_mtime=False),
-              "cache_state": cache_state(Path(config.cache), entries)}
+              "cache_state": cache_state(Path(config.cache), info, entries)}
     claim_run(out, config, inputs)
     accelerator = make_accelerator(config)
     rank, world = accelerator.process_index, accelerator.num_processes
