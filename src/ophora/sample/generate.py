@@ -9,6 +9,7 @@ from ophora.core.errors import InputError
 from ophora.core.media import to_uint8
 from ophora.core.models import load_pipeline, parse_dtype
 from ophora.sample.config import SampleConfig
+from ophora.sample.host_timesteps import keep_timesteps_on_host
 from ophora.sample.jobs import Job
 from ophora.sample.speed import configure_speed
 from ophora.sample.step_cache import reset as reset_cache
@@ -21,8 +22,8 @@ def prepare_pipeline(config: SampleConfig, device: str):
 
 
 def configure_pipeline(pipe, config: SampleConfig, device: str):
-    """Apply LoRA, fused attention projections, the attention kernel, compiling and step caching, the VAE memory
-    mode and progress settings."""
+    """Apply LoRA, fused attention projections, the attention kernel, compiling and step caching, host-side
+    timesteps, the VAE memory mode and progress settings."""
     if config.lora:
         try:
             pipe.load_lora_weights(config.lora, adapter_name="ophora")
@@ -34,6 +35,7 @@ def configure_pipeline(pipe, config: SampleConfig, device: str):
         pipe.transformer.fuse_qkv_projections()
     configure_speed(pipe, config.attention, config.compile, device, config.cache_spec, config.guidance, config.steps,
                     lora=bool(config.lora))
+    keep_timesteps_on_host(pipe, device)
     tiling = config.vae_tiling == "on" or (config.vae_tiling == "auto" and not _untiled_decode_fits(config, device))
     if tiling:
         pipe.vae.enable_tiling()
