@@ -14,5 +14,5 @@ if [ "${PART:-1}" = 1 ]; then
     --compile-cache $OUT/compile_cache.bin 2>&1 | grep -v -i "warn\|deprec" | tail -40
 else
   python3 benchmarks/sample_gpu.py --stock ${PREV:-benchmarks/results/sample_gpu_h200.json} --out $OUT \
-    --modes fbc,taylorseer,pab,fastercache,cachedit-F8B0-taylorseer,cachedit-F8B8 2>&1 | grep -v -i "warn\|deprec\|Cache-DiT" | tail -40
+    --modes fbc,taylorseer,pab,fastercache,cachedit-F8B0-taylorseer,cachedit-F8B8,cachedit-fixed-F1B0 2>&1 | grep -v -i "warn\|deprec\|Cache-DiT" | tail -40
 fi

@@ -10,14 +10,16 @@ from $OUT and is copied to benchmarks/results/ before the second):
 
     python benchmarks/sample_gpu.py --stock inline --modes exact,exact-eager,fp8,fixed,fixed-k2,fp8-fixed --out $OUT
     python benchmarks/sample_gpu.py --stock benchmarks/results/sample_gpu_h200.json --out $OUT \
-        --modes fbc,taylorseer,pab,fastercache,cachedit-F8B0-taylorseer,cachedit-F8B8
+        --modes fbc,taylorseer,pab,fastercache,cachedit-F8B0-taylorseer,cachedit-F8B8,cachedit-fixed-F1B0
 
 (`--stock FILE` also takes stock_cogvideox.py's stock.json.) Modes (`MODES`): `exact` is `ophora sample`'s GPU
 default (FlashAttention-3 when fa3-fwd is installed, else SDPA, and the blocks compiled); `exact-eager` is that
 without compiling, `sdpa-eager` ours with the stock kernel; `fp8` FP8 attention; `fixed*`, `fbc`, `taylorseer`,
 `pab`, `fastercache` are `--cache` modes; `cachedit-*` run cache-dit (pip package cache-dit, if importable) on
 the same exact configuration, with the settings of its CogVideoX examples (DBCache F8B8, and F8B0 with its
-TaylorSeer calibrator; its default threshold 0.08 and 8 warm-up steps). Each mode is timed end to end (text
+TaylorSeer calibrator; its default threshold 0.08 and 8 warm-up steps) and, since with random weights its
+threshold decides to skip nothing, once on ophora's `fixed` schedule (`cachedit-fixed-F1B0`: cache-dit's
+`steps_computation_mask`, one block always computed, TaylorSeer order 1): both at equal compute, whatever the weights. Each mode is timed end to end (text
 encoding, 50 steps, decode to uint8 frames) after a 2-step warm-up that also pays any compiling (`warmup_s`).
 
 Quality: the same generation (same seed) is run at `--check-size` (default 49x240x368: a full-precision
@@ -88,7 +90,7 @@ except ImportError:  # the GPU machine has no PyAV and its wheel does not fit be
 from ophora.core.media import to_uint8, write_video
 from ophora.core.models import make_scheduler
 from ophora.sample import speed
-from ophora.sample.cache_spec import full_steps
+from ophora.sample.cache_spec import CacheSpec, full_steps
 from ophora.sample.config import SampleConfig
 from ophora.sample.generate import configure_pipeline, generate
 from ophora.sample.jobs import plan_jobs
@@ -109,23 +111,31 @@ MODES = {
     "fastercache": {"cache": "fastercache"},
     "cachedit-F8B8": {"cache_dit": {"Fn_compute_blocks": 8, "Bn_compute_blocks": 8}},
     "cachedit-F8B0-taylorseer": {"cache_dit": {"Fn_compute_blocks": 8, "Bn_compute_blocks": 0}, "taylorseer": 1},
+    # cache-dit on ophora's `fixed` schedule (its steps_computation_mask), one block always computed, TaylorSeer
+    # order 1 (as `fixed`'s linear extrapolation): the two at equal compute, whatever the weights
+    "cachedit-fixed-F1B0": {"cache_dit": {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
+                                          "steps_computation_policy": "static"}, "taylorseer": 1, "mask": "fixed"},
 }
 EXACT = ("exact", "exact-eager", "sdpa-eager")
 
 
 def sample_options(name: str) -> dict:
     """The SampleConfig fields of a mode (cache-dit's settings are not ophora options)."""
-    return {k: v for k, v in MODES[name].items() if k not in ("cache_dit", "taylorseer")}
+    return {k: v for k, v in MODES[name].items() if k not in ("cache_dit", "taylorseer", "mask")}
 
 
-def use_cache_dit(pipe, name: str) -> None:
+def use_cache_dit(pipe, name: str, steps: int) -> None:
     """cache-dit's DBCache on the pipeline, with the mode's settings (CFG is one batch in CogVideoX)."""
     import cache_dit
 
     settings = MODES[name]
     blocks = len(pipe.transformer.transformer_blocks)  # the tiny model has 2: its Fn/Bn are cut to fit
-    dbcache = {k: min(v, max(blocks // 2, 1) if k.startswith("Fn") else blocks // 2)
+    dbcache = {k: min(v, max(blocks // 2, 1) if k.startswith("Fn") else blocks // 2) if k[1:2] == "n" else v
                for k, v in settings["cache_dit"].items()}
+    if settings.get("mask") == "fixed":
+        spec = CacheSpec.make("fixed")
+        full = set(full_steps(steps, spec.warmup, spec.interval))
+        dbcache["steps_computation_mask"] = [int(i in full) for i in range(steps)]
     calibrator = (cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=settings["taylorseer"])
                   if settings.get("taylorseer") else None)
     cache_dit.enable_cache(pipe, cache_config=cache_dit.DBCacheConfig(enable_separate_cfg=False, **dbcache),
@@ -333,11 +343,12 @@ def main() -> None:
         kernel = speed.configure_speed(pipe, config.attention, config.compile, device, config.cache_spec,
                                        config.guidance, config.steps)
         if "cache_dit" in MODES[name]:
-            use_cache_dit(pipe, name)
+            use_cache_dit(pipe, name, config.steps)
         entry = {"name": name, "options": MODES[name], "kernel": kernel,
                  "compiled": any("_ophora_eager_forward" in vars(b) for b in pipe.transformer.transformer_blocks)}
-        if config.cache == "fixed":
-            entry["full_steps"] = len(full_steps(config.steps, config.cache_spec.warmup, config.cache_spec.interval))
+        if config.cache == "fixed" or MODES[name].get("mask") == "fixed":
+            spec = config.cache_spec if config.cache == "fixed" else CacheSpec.make("fixed")
+            entry["full_steps"] = len(full_steps(config.steps, spec.warmup, spec.interval))
         sync(device)
         t0 = time.perf_counter()
         generate(pipe, dataclasses.replace(config, steps=2), job, device)  # compiling, cuDNN/cuBLAS heuristics
