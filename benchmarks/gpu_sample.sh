@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, diffusers; print(torch.__version__, diffusers.__version__)"
 if [ "${PART:-1}" = 1 ]; then
   python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_sample_gpu.py tests/test_step_cache.py tests/test_attention.py 2>&1 | tail -5
-  python3 benchmarks/sample_gpu.py --stock inline --modes exact,exact-eager,fp8,fixed,fixed-k2,fp8-fixed --out $OUT \
+  python3 benchmarks/sample_gpu.py --stock inline --modes exact,exact-eager,fp8,fixed,fixed-k2,fp8-fixed,exact-vae-cl,exact-vae-compiled --out $OUT \
     --compile-cache $OUT/compile_cache.bin 2>&1 | grep -v -i "warn\|deprec" | tail -40
 else
   python3 benchmarks/sample_gpu.py --stock ${PREV:-benchmarks/results/sample_gpu_h200.json} --out $OUT \

@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ophora.prepare.encode import encode_videos, to_channels_last
+from ophora.core.vae_speed import to_channels_last
+from ophora.prepare.encode import encode_videos
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

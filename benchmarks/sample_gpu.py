@@ -14,7 +14,8 @@ from $OUT and is copied to benchmarks/results/ before the second):
 
 (`--stock FILE` also takes stock_cogvideox.py's stock.json.) Modes (`MODES`): `exact` is `ophora sample`'s GPU
 default (FlashAttention-3 when fa3-fwd is installed, else SDPA, and the blocks compiled); `exact-eager` is that
-without compiling, `sdpa-eager` ours with the stock kernel; `fp8` FP8 attention; `fixed*`, `fbc`, `taylorseer`,
+without compiling, `sdpa-eager` ours with the stock kernel; `exact-vae-cl` adds the VAE decoder in channels-last
+layout and `exact-vae-compiled` that compiled too (both change the VAE for good, so they come last); `fp8` FP8 attention; `fixed*`, `fbc`, `taylorseer`,
 `pab`, `fastercache` are `--cache` modes; `cachedit-*` run cache-dit (pip package cache-dit, if importable) on
 the same exact configuration, with the settings of its CogVideoX examples (DBCache F8B8, and F8B0 with its
 TaylorSeer calibrator; its default threshold 0.08 and 8 warm-up steps) and, since with random weights its
@@ -89,6 +90,7 @@ except ImportError:  # the GPU machine has no PyAV and its wheel does not fit be
 
 from ophora.core.media import to_uint8, write_video
 from ophora.core.models import make_scheduler
+from ophora.core.vae_speed import speed_up_vae
 from ophora.sample import speed
 from ophora.sample.cache_spec import CacheSpec, full_steps
 from ophora.sample.config import SampleConfig
@@ -101,6 +103,9 @@ MODES = {
     "exact-eager": {"compile": False},
     "sdpa-eager": {"attention": "sdpa", "compile": False},
     "fp8": {"attention": "fp8"},
+    # the VAE decoder's levers change the pipeline for good: these modes go last
+    "exact-vae-cl": {"vae_channels_last": True},
+    "exact-vae-compiled": {"vae_channels_last": True, "vae_compile": True},
     "fixed": {"cache": "fixed"},
     "fixed-k2": {"cache": "fixed", "cache_interval": 2},
     "fixed-k4": {"cache": "fixed", "cache_interval": 4},
@@ -116,7 +121,8 @@ MODES = {
     "cachedit-fixed-F1B0": {"cache_dit": {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
                                           "steps_computation_policy": "static"}, "taylorseer": 1, "mask": "fixed"},
 }
-EXACT = ("exact", "exact-eager", "sdpa-eager")
+EXACT = ("exact", "exact-eager", "sdpa-eager", "exact-vae-cl", "exact-vae-compiled")
+VAE_MODES = ("exact-vae-cl", "exact-vae-compiled")
 
 
 def sample_options(name: str) -> dict:
@@ -239,6 +245,9 @@ def check_modes(names: list[str]) -> str | None:
     unknown = [m for m in names if m not in MODES]
     if unknown:
         return f"unknown modes {unknown}; choose from {', '.join(MODES)}"
+    vae = [i for i, m in enumerate(names) if m in VAE_MODES]
+    if vae and vae != list(range(len(names) - len(vae), len(names))):
+        return f"the modes {', '.join(VAE_MODES)} change the VAE for good: put them last"
     if any(m.startswith("cachedit") for m in names):
         try:
             import cache_dit  # noqa: F401
@@ -342,6 +351,8 @@ def main() -> None:
         config = dataclasses.replace(base, **sample_options(name))
         kernel = speed.configure_speed(pipe, config.attention, config.compile, device, config.cache_spec,
                                        config.guidance, config.steps)
+        if name in VAE_MODES:
+            speed_up_vae(pipe.vae, config.vae_channels_last, config.vae_compile, device, "decoder", "benchmark")
         if "cache_dit" in MODES[name]:
             use_cache_dit(pipe, name, config.steps)
         entry = {"name": name, "options": MODES[name], "kernel": kernel,

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from ophora.prepare import encode
-from ophora.prepare.encode import Encoders, encode_prompts, encode_videos, to_channels_last
+from ophora.core.vae_speed import to_channels_last
+from ophora.prepare.encode import Encoders, encode_prompts, encode_videos
 from ophora.prepare.run import PrepareConfig, prepare
 from test_prepare import INSTRUCTIONS, SMALL, synthetic_clip, write_synthetic_dataset
 

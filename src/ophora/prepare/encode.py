@@ -4,7 +4,7 @@ Clips of one size bucket (same frames, height and width) are encoded by the VAE 
 instructions by T5 together: the same arithmetic as one at a time (each sample is independent in both
 networks), with larger kernels. A batch that runs out of GPU memory is encoded in halves; a single clip that
 still does not fit is encoded in tiles (`vae.enable_tiling`) from then on, with a warning.
-Optional GPU levers: the VAE in channels-last (NDHWC) layout, and its encoder compiled with `torch.compile`.
+Optional GPU levers (core/vae_speed.py): the VAE in channels-last (NDHWC) layout, its encoder compiled.
 """
 
 from __future__ import annotations
@@ -75,28 +75,3 @@ class Encoders:
         embeds = encode_prompts(self.tokenizer, self.text_encoder, texts, self.device)
         return [{"latent_mean": m.cpu(), "latent_logvar": v.cpu(), "prompt_embeds": e.cpu()}
                 for m, v, e in zip(mean, logvar, embeds)]
-
-
-def to_channels_last(vae) -> None:
-    """The VAE's convolution weights in channels-last layout (NDHWC for 3-D, NHWC for 2-D convolutions); its
-    inputs follow in `encode_videos`."""
-    for module in vae.modules():
-        if isinstance(module, (torch.nn.Conv3d, torch.nn.Conv2d)):
-            layout = torch.channels_last_3d if module.weight.dim() == 5 else torch.channels_last
-            module.weight.data = module.weight.data.contiguous(memory_format=layout)
-    vae._ophora_channels_last = True
-
-
-def speed_up_vae(vae, channels_last: bool, compile: bool, device: str) -> None:
-    """Put the VAE in channels-last layout and/or compile its encoder (GPU only), with one log line."""
-    if not device.startswith("cuda"):
-        if channels_last or compile:
-            log.info("prepare: VAE channels-last/compile off (they are for the GPU; the device is %s)", device)
-        return
-    if channels_last:
-        to_channels_last(vae)
-    if compile:
-        vae.encoder.compile(dynamic=False)
-    log.info("prepare: VAE encoder %s", ", ".join(
-        [w for w, on in (("channels-last", channels_last), ("compiled (first clips pay the compiling)", compile))
-         if on]) or "as stock (eager, NCDHW)")

@@ -25,12 +25,13 @@ from ophora.core.files import as_json_value, claim_folder, remove_partials, writ
 from ophora.core.ranks import barrier, init_ranks, pick_device
 from ophora.core.versions import versions
 from ophora.core.dataset import Pair, read_pairs
-from ophora.prepare.encode import MAX_TOKENS, Encoders, speed_up_vae
+from ophora.prepare.encode import MAX_TOKENS, Encoders
 from ophora.prepare.frames import FrameSettings, decode_frames
 from ophora.core.config import option
 from ophora.core.errors import ConfigError, InputError, OphoraError, failure_record
 from ophora.core.models import REQUIRED_PARTS, encoder_fingerprint, file_digest, parse_dtype, resolve_model
 from ophora.core.signals import stop_requests
+from ophora.core.vae_speed import speed_up_vae
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     tokenizer, text_encoder, vae = load_encoders(folder, device, dtype)
     if config.vae_tiling:
         vae.enable_tiling()
-    speed_up_vae(vae, config.vae_channels_last, config.vae_compile, device)
+    speed_up_vae(vae, config.vae_channels_last, config.vae_compile, device, "encoder", "prepare")
     batch = config.encode_batch or (4 if device.startswith("cuda") else 1)
     encoders = Encoders(tokenizer, text_encoder, vae, device, dtype, batch)
     log.info("prepare: clips of one size encoded %d at a time%s", batch, ", in tiles" if config.vae_tiling else "")

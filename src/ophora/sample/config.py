@@ -47,6 +47,9 @@ class SampleConfig:
     lora: str | None = option(None, "LoRA weights (folder or .safetensors) to apply")
     lora_scale: float = option(1.0, "LoRA strength")
     vae_tiling: str = option("auto", "auto: decode untiled when it fits in free GPU memory", choices=("auto", "on", "off"))
+    vae_compile: bool = option(False, "GPU: torch.compile the VAE decoder (the first video of each size pays the "
+                                      "compiling; changes only bf16 rounding)")
+    vae_channels_last: bool = option(False, "GPU: the VAE's convolutions in channels-last (NDHWC) memory layout")
     qp: int = option(18, "H.264 constant quantizer, 0-51 (lower is better quality)")
     overwrite: bool = option(False, "redo videos that already exist")
     cfg_parallel: bool = option(False, "with torchrun: each pair of ranks shares one video, one CFG half each")

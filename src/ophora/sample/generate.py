@@ -8,6 +8,7 @@ import torch
 from ophora.core.errors import InputError
 from ophora.core.media import to_uint8
 from ophora.core.models import load_pipeline, parse_dtype
+from ophora.core.vae_speed import speed_up_vae
 from ophora.sample.config import SampleConfig
 from ophora.sample.host_timesteps import keep_timesteps_on_host
 from ophora.sample.jobs import Job
@@ -23,7 +24,7 @@ def prepare_pipeline(config: SampleConfig, device: str):
 
 def configure_pipeline(pipe, config: SampleConfig, device: str):
     """Apply LoRA, fused attention projections, the attention kernel, compiling and step caching, host-side
-    timesteps, the VAE memory mode and progress settings."""
+    timesteps, the VAE's layout, compiling and memory mode, and progress settings."""
     if config.lora:
         try:
             pipe.load_lora_weights(config.lora, adapter_name="ophora")
@@ -36,6 +37,7 @@ def configure_pipeline(pipe, config: SampleConfig, device: str):
     configure_speed(pipe, config.attention, config.compile, device, config.cache_spec, config.guidance, config.steps,
                     lora=bool(config.lora))
     keep_timesteps_on_host(pipe, device)
+    speed_up_vae(pipe.vae, config.vae_channels_last, config.vae_compile, device, "decoder", "sample")
     tiling = config.vae_tiling == "on" or (config.vae_tiling == "auto" and not _untiled_decode_fits(config, device))
     if tiling:
         pipe.vae.enable_tiling()
