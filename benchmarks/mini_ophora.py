@@ -3,7 +3,8 @@ follow the instruction), and generated videos help a phase classifier.
 
 Every step runs the real stage through its CLI entry (`ophora.cli.main([...])`) on a procedural surgery world:
 
-    world      make_surgery_world: narrated surgeries, 12 phases, ~30% with a caption/watermark for part of them
+    world      make_surgery_world: narrated surgeries, 12 phases, 30% with a caption or a channel bug over all their
+               phases but the first or the last (about a fifth of the training clips)
     curate     ophora curate (its privacy filter makes privacy_preserved.csv); clip phases from the ground truth;
                some source videos are held out (FVD reference, downstream test, prompts)
     model      a CogVideoX-architecture pipeline: VAE trained on the training clips' frames (synthetic/mini_model.py),

@@ -118,7 +118,8 @@ def test_overlay_share_and_overlays_cover_whole_spans(videos, share):
     for video in plan:
         for overlay in video.overlays:
             covered = [s for s in video.spans if s.overlay]
-            assert 1 <= len(covered) <= max(1, len(video.spans) - 1)  # part of the video's length
+            assert len(covered) == max(1, len(video.spans) - 1)  # most of the video's length, never all of it
+            assert covered[0] in video.spans[:2] and covered[-1] in video.spans[-2:]
             assert all(overlay.start <= s.start and s.end <= overlay.end for s in covered)
             assert all(s.end <= overlay.start or s.start >= overlay.end for s in video.spans if not s.overlay)
 
@@ -162,25 +163,29 @@ def test_overlays_are_where_declared_and_nowhere_else(world, tmp_path):
         clean, _ = read_video(write_surgery(plan[stem], tmp_path, SIZE, FPS, overlays=False)[0])
         for i in range(len(frames)):
             t = i / FPS
-            diff = np.abs(frames[i].astype(np.int16) - clean[i]).max(axis=-1)
-            changed = diff > 60  # beyond the codec's noise
+            diff = np.abs(frames[i].astype(np.float32) - clean[i]).max(axis=-1)
+            free = np.ones(diff.shape, np.float32)  # 1: no overlay shown at t may change this pixel
             for o in video["overlays"]:
                 x0, y0, x1, y1 = o["box"]
-                # measured: 20-80 grey levels in the box while shown; the codec's own difference (and the ghost in
-                # the frame after an overlay goes) stays under 6
                 if o["start"] <= t < o["end"]:
-                    assert diff[y0:y1, x0:x1].mean() > 12, (stem, t, o["kind"])
-                else:
-                    assert not changed[y0:y1, x0:x1].any() and diff[y0:y1, x0:x1].mean() < 8, (stem, t, o["kind"])
-                reach = 4  # H.264 changes pixels beside a changed block: 2x2 chroma, deblocking up to 3 pixels
-                changed[max(y0 - reach, 0):y1 + reach, max(x0 - reach, 0):x1 + reach] = False
-            assert not changed.any(), (stem, t)
+                    assert diff[y0:y1, x0:x1].mean() > 40, (stem, t, o["kind"])  # measured: 80-100 grey levels
+                    reach = 4  # H.264 changes pixels beside a changed block: 2x2 chroma, deblocking up to 3 pixels
+                    free[max(y0 - reach, 0):y1 + reach, max(x0 - reach, 0):x1 + reach] = 0
+                else:  # the codec's own difference, and the ghost in the frame after an overlay goes
+                    assert diff[y0:y1, x0:x1].mean() < 8, (stem, t, o["kind"])
+            # Elsewhere only the codec's noise: x264 spends its bits differently once a dark box is in the frame, so
+            # single pixels on the veins move by up to ~65 grey levels, but no area does (measured: means of 16x16
+            # areas up to 14, against 80 and more inside an overlay's box while it is shown)
+            counted = cv2.boxFilter(free, -1, (16, 16), normalize=False)
+            moved = cv2.boxFilter(diff * free, -1, (16, 16), normalize=False) / np.maximum(counted, 1)
+            assert moved[counted >= 128].max(initial=0) < 25, (stem, t)
 
 
 def test_overlay_boxes_hold_every_changed_pixel():
     for video in plan_world(videos=10, overlay_share=1.0, seed=2):
         scene = EyeScene(*SIZE, seed=video.seed)
         overlay = video.overlays[0]
+        assert overlay.text and bool(overlay.corner) == (overlay.kind == "watermark")  # a caption or a channel name
         t = (overlay.start + overlay.end) / 2
         clean = render_timeline(scene, [(s.start, s.end, s.phase) for s in video.spans], t)
         drawn = clean.copy()

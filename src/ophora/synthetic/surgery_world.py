@@ -4,15 +4,17 @@ Each source video is one surgery going through a run of consecutive Cataract-1K 
 runs are chosen so every phase is shown about equally often), drawn by the one phase renderer of
 `phase_videos` (each phase its own instrument, tip path, lens colour and cue), with one narration per phase
 span in a surgeon's words (several templates per phase naming the action and the instrument). A known share
-of the videos (`overlay_share`) carries a burned-in caption (a made-up surgeon, patient or clinic line) or a
-text-free corner watermark over a run of their phases, as narrated surgery uploads do.
+of the videos (`overlay_share`) carries a burned-in caption (a made-up surgeon, patient or clinic line in bold
+on a dark backing box) or a channel bug in a top corner (a logo and a made-up channel name on a dark plate)
+over all their phases but the first or the last, as narrated surgery uploads do (`overlays.BOXED`,
+`overlays.draw_watermark`: shapes coarse enough to survive the mini experiment's small autoencoder).
 
     make_surgery_world(out, videos=12, size=(192, 128), fps=8.0, overlay_share=0.3, seed=0)
         -> out/videos/case_<n>.mp4 and case_<n>.srt (or .en.vtt / .json: `sidecar`), what `ophora curate` reads
            out/annotations/case_<n>/case_<n>_annotations_phases.csv (+ _video.csv), the Cataract-1K layout
            `ophora downstream --annotations out/annotations --videos out/videos` reads
            out/ground_truth.json: per video its phase spans (start, end, phase, narration, overlay) and overlays
-           (kind, start, end, box [x0, y0, x1, y1) in pixels, text or corner)
+           (kind, start, end, box [x0, y0, x1, y1) in pixels, text: the caption or channel name, corner)
 
 Times: spans start and end on frame boundaries and fill [start, end); phases are `GAP_SECONDS` apart (no
 instrument there, the lens fading to the next look), with a gap before the first and after the last. An
@@ -24,7 +26,8 @@ Curate settings the world needs: `ophora curate OUT/videos --min-width W --min-h
 size (at most): curate drops sources below 720x480 by default (reason `resolution`). The defaults of the
 rest fit: each narration ends a sentence and lasts `seconds` (3-6 s), inside curate's --min-seconds (2) and
 --max-seconds (10), so every phase span becomes one clip. The ground truth names these flags
-(`curate_flags`). Captions are legible from 192x128 up (letters about 9 pixels high there).
+(`curate_flags`). Captions are legible from 192x128 up (bold capitals about 11 pixels high there: a text
+line's detector box stays under the 15% of the frame's height that curate's text filter allows).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from ophora.core.errors import ConfigError
 from ophora.core.files import write_json
 from ophora.core.seeds import derived_seed
 from ophora.synthetic.narrated_videos import NarratedVideo, Segment, write_sidecar
-from ophora.synthetic.overlays import CORNERS, caption_box, caption_fits, draw_caption, draw_watermark, watermark_box
+from ophora.synthetic.overlays import (BOXED, CORNERS, caption_box, caption_fits, draw_caption, draw_watermark,
+                                       watermark_box)
 from ophora.synthetic.phase_videos import (CATARACT1K_PHASES, GAP_SECONDS, write_cataract1k_annotations,
                                            write_phase_video)
 
@@ -126,6 +130,7 @@ SLOTS = {
 }
 _SURNAMES = ("Weber", "Novak", "Okafor", "Lindqvist", "Moreau", "Tanaka", "Rossi", "Kowal", "Haddad", "Brandt")
 _CLINICS = ("Nord", "Sued", "Ost", "Riverside", "Lakeview", "St. Anna", "Central")
+_CHANNELS = ("EyeTV", "LENS", "OPH", "IOL")  # made-up channel names of the watermarks (short: a compact bug)
 
 
 @dataclass
@@ -147,7 +152,7 @@ class Overlay:
     start: float
     end: float
     box: tuple[int, int, int, int]
-    text: str = ""  # captions: the made-up line shown
+    text: str = ""  # captions: the made-up line shown; watermarks: the channel name
     corner: str = ""  # watermarks: top_right or top_left
 
 
@@ -218,7 +223,7 @@ def _caption_text(rng: np.random.Generator, width: int, height: int) -> str:
     lines = (f"Dr. {_SURNAMES[rng.integers(len(_SURNAMES))]} {day:02d}.{month:02d}.{year:02d}",
              f"Patient {rng.integers(1000, 10000)}", f"Eye Clinic {_CLINICS[rng.integers(len(_CLINICS))]}",
              f"Case {rng.integers(100, 1000)} {day:02d}.{month:02d}.{year:02d}")
-    fitting = [t for t in lines if caption_fits(width, height, t)]
+    fitting = [t for t in lines if caption_fits(width, height, t, BOXED)]
     return fitting[rng.integers(len(fitting))] if fitting else f"Dr. {_SURNAMES[0]}"
 
 
@@ -257,16 +262,17 @@ def plan_world(videos: int = 12, size: tuple[int, int] = (192, 128), fps: float 
         plan.append(SurgeryVideo(stem, derived_seed(seed, stem) % 10_000, on_frame(t + GAP_SECONDS), spans))
     for video in (plan[i] for i in sorted(rng.choice(videos, round(overlay_share * videos), replace=False))):
         kind = OVERLAY_KINDS[rng.integers(len(OVERLAY_KINDS))]
-        covered = int(rng.integers(1, max(1, len(video.spans) - 1) + 1))  # part of the video, never all of it
-        first = int(rng.integers(len(video.spans) - covered + 1))
+        covered = max(1, len(video.spans) - 1)  # most of the video, never all of it (but of a one-phase video)
+        first = int(rng.integers(len(video.spans) - covered + 1))  # from the second phase on, or to the last but one
         start = on_frame(video.spans[first].start - GAP_SECONDS / 2)
         end = on_frame(video.spans[first + covered - 1].end + GAP_SECONDS / 2)
         if kind == "caption":
             text = _caption_text(rng, *size)
-            video.overlays.append(Overlay(kind, start, end, caption_box(*size, text), text=text))
+            video.overlays.append(Overlay(kind, start, end, caption_box(*size, text, BOXED), text=text))
         else:
-            corner = CORNERS[rng.integers(len(CORNERS))]
-            video.overlays.append(Overlay(kind, start, end, watermark_box(*size, corner), corner=corner))
+            corner, name = CORNERS[rng.integers(len(CORNERS))], _CHANNELS[rng.integers(len(_CHANNELS))]
+            video.overlays.append(Overlay(kind, start, end, watermark_box(*size, corner, name), text=name,
+                                          corner=corner))
         for span in video.spans[first:first + covered]:
             span.overlay = kind
     return plan
@@ -276,9 +282,9 @@ def draw_overlays(video: SurgeryVideo, frame: np.ndarray, t: float) -> None:
     """Burn the overlays shown at `t` into `frame` (in place)."""
     for overlay in video.overlays_at(t):
         if overlay.kind == "caption":
-            draw_caption(frame, overlay.text)
+            draw_caption(frame, overlay.text, BOXED)
         else:
-            draw_watermark(frame, overlay.corner)
+            draw_watermark(frame, overlay.corner, overlay.text)
 
 
 def write_surgery(video: SurgeryVideo, out: Path, size: tuple[int, int], fps: float, sidecar: str = "srt",
