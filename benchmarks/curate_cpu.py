@@ -7,7 +7,7 @@ folder with the `rules` refiner (`curate_s`) and decodes again; `decode_s` is th
 Target: ratio = curate_s / decode_s <= 2.
 
     python benchmarks/curate_cpu.py [--minutes 5] [--videos 4] [--workers N] [--data DIR] [--tiny]
-        [--options smart,copy,reencode:veryfast,reencode:ultrafast,reencode:ultrafast:720]
+        [--options smart,smart:veryfast,copy,smart:superfast:0:off,reencode:ultrafast:720]
     # writes benchmarks/results/curate_cpu.json (or --json PATH): the first option (the default, smart) at the
     # top level, every option's time, ratio and clip bytes under "options"
 """
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import av  # noqa: E402
 
+from ophora.core.privacy import PrivacyConfig  # noqa: E402
 from ophora.curate.pipeline import CurateConfig, curate  # noqa: E402
 from ophora.synthetic.narrated_videos import NarratedVideo, Segment, write_narrated_video  # noqa: E402
 
@@ -80,8 +81,9 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=29.97)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--data", default=None, help="keep the generated videos here (reused when present)")
-    parser.add_argument("--options", default="smart,copy,reencode:ultrafast:720,reencode:veryfast",
-                        help="clip modes to time, MODE[:PRESET[:MAX_HEIGHT]] each, comma-separated")
+    parser.add_argument("--options", default="smart,smart:veryfast,smart:ultrafast,copy,smart:superfast:0:off",
+                        help="clip modes to time, MODE[:PRESET[:MAX_HEIGHT[:PRIVACY]]] each, comma-separated "
+                             "(defaults: curate's)")
     parser.add_argument("--tiny", action="store_true", help="20 s of 854x480 for a quick check")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "curate_cpu.json"))
     args = parser.parse_args()
@@ -109,14 +111,15 @@ def main() -> None:
     options = []
     for spec in args.options.split(","):
         parts = spec.split(":")
-        mode, preset, max_h = (parts + ["veryfast", "0"][len(parts) - 1:])[:3]
+        mode, preset, max_h, backend = (parts + [CurateConfig.preset, "0", PrivacyConfig.backend][len(parts) - 1:])[:4]
         shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
         summary = curate(CurateConfig(input=data, out=out, workers=args.workers, clip_mode=mode, preset=preset,
-                                      max_height=int(max_h)))
+                                      max_height=int(max_h), privacy=PrivacyConfig(backend=backend)))
         seconds = time.perf_counter() - start
         clip_bytes = sum(p.stat().st_size for p in (out / "clips").glob("*.mp4"))
-        options.append({"clip_mode": mode, "preset": preset, "max_height": int(max_h), "curate_s": round(seconds, 2),
+        options.append({"clip_mode": mode, "preset": preset, "max_height": int(max_h), "privacy": backend,
+                        "curate_s": round(seconds, 2),
                         "clip_bytes": clip_bytes, "kept": summary["clips"]["kept"],
                         "kept_seconds": summary["clips"]["kept_seconds"], "summary": summary})
     second_s, _ = plain_decode(paths, args.workers)

@@ -74,7 +74,8 @@ class CurateConfig:
                             "group re-encoded; reencode: every frame re-encoded; copy: no re-encoding, clips start at "
                             "a keyframe (inexact). Clips are always H.264 yuv420p .mp4", choices=CLIP_MODES)
     crf: int = option(18, "H.264 quality (0-51) of re-encoded frames")
-    preset: str = option("veryfast", "x264 preset of re-encoded frames", flag="--clip-preset", choices=PRESETS)
+    preset: str = option("superfast", "x264 preset of re-encoded frames (superfast: 0.6x veryfast's encode time, "
+                         "better quality at the same crf, ~1.7x its bits)", flag="--clip-preset", choices=PRESETS)
     max_height: int = option(0, "--clip-mode reencode: scale clips down to at most this height (0: source size)",
                              flag="--clip-max-height")
     min_s: float = option(2.0, "shortest clip kept, in seconds", flag="--min-seconds")
