@@ -71,6 +71,7 @@ def start(narrated: Path, out: Path):
     return proc, tag
 
 
+@pytest.mark.slow  # about a minute on 2 cores; CI keeps the other Ray test (OPHORA_SLOW=1 runs it)
 def test_ctrl_c_stops_ray_curation_within_seconds_with_one_line(narrated, tmp_path):
     proc, tag = start(narrated, tmp_path / "out")
     sent = time.monotonic()
