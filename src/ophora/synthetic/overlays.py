@@ -34,7 +34,7 @@ class CaptionStyle:
 
 
 OUTLINED = CaptionStyle()
-BOXED = CaptionStyle(bold=True, backing=0.7)
+BOXED = CaptionStyle(bold=True, backing=0.8)
 
 
 def _caption_layout(width: int, height: int, text: str,
@@ -105,7 +105,7 @@ def _bug_layout(width: int, height: int, corner: str, name: str) -> tuple[Box, t
         raise ValueError(f"watermark corner must be one of {', '.join(CORNERS)}, got {corner!r}")
     scale = max(width / 900, MIN_CAPTION_SCALE)
     (tw, th), _ = cv2.getTextSize(name, FONT, scale, 2)
-    r, pad, margin = max(round(0.65 * th), 7), 3, max(3, int(0.03 * width))
+    r, pad, margin = max(round(0.65 * th), 7), max(2, round(0.2 * th)), max(3, int(0.03 * width))
     w, h = 3 * pad + 2 * r + tw, 2 * (pad + r)
     x0 = width - margin - w if corner == "top_right" else margin
     plate = (x0, margin, x0 + w, margin + h)
@@ -114,8 +114,9 @@ def _bug_layout(width: int, height: int, corner: str, name: str) -> tuple[Box, t
 
 def watermark_box(width: int, height: int, corner: str = "top_right", name: str = "") -> Box:
     """The pixels `draw_watermark` may change, clipped to the frame."""
-    if name:
-        return _clip(_bug_layout(width, height, corner, name)[0], width, height)
+    if name:  # the plate, and a pixel more: the ring's anti-aliased edge
+        x0, y0, x1, y1 = _bug_layout(width, height, corner, name)[0]
+        return _clip((x0 - 1, y0 - 1, x1 + 1, y1 + 1), width, height)
     (cx, cy), r, ring = _watermark_layout(width, height, corner)
     pad = r + ring // 2 + 2
     return (max(cx - pad, 0), max(cy - pad, 0), min(cx + pad + 1, width), min(cy + pad + 1, height))
@@ -139,7 +140,7 @@ def draw_watermark(frame: np.ndarray, corner: str = "top_right", name: str = "")
     logo = frame.copy()
     if name:
         plate, c, r, scale, org = _bug_layout(w, h, corner, name)
-        _darken(frame, plate, 0.6)
+        _darken(frame, plate, 0.75)
         logo = frame.copy()
         _logo(logo, c, r, 2, 1)
         cv2.putText(logo, name, org, FONT, scale, (255, 255, 255), 2, cv2.LINE_AA)
