@@ -19,6 +19,9 @@ export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 timeout -s INT ${LIMIT:-560} python3 benchmarks/mini_ophora.py --out /root/mini --device cuda --max-minutes ${MINUTES:-6} --results "$OUT" \
   ${PACK:+--pack "$OUT/state"} ${UNPACK:+--unpack "$UNPACK"} 2>&1 | grep -v -i "warn\|deprecat\|it/s\]"
-# the finished P2FT model (the demo's weights), as parts of at most 15 MiB: cat mini_p2ft.tgz.* | tar -xz
-[ -f "$OUT/mini_ophora.json" ] && tar -C /root/mini/p2ft -cz final | split -b 15m -d - "$OUT/mini_p2ft.tgz."
+# the finished P2FT model (the demo's weights) and the TPT model (to score its videos again), as parts of at most
+# 15 MiB: cat mini_p2ft.tgz.* | tar -xz (likewise mini_tpt.tgz.*)
+if [ -f "$OUT/mini_ophora.json" ]; then
+  for m in p2ft tpt; do tar -C /root/mini/$m -cz final | split -b 15m -d - "$OUT/mini_$m.tgz."; done
+fi
 true
