@@ -35,8 +35,8 @@ class FrameSettings:
     def check(self) -> None:
         """Raise InputError for buckets CogVideoX cannot use."""
         for n in self.frame_buckets:
-            if frames_problem(n):  # a model trained at 13 frames could neither validate nor sample at its own length
-                raise InputError(f"frame buckets {frames_problem(n)}: CogVideoX decodes only 8k+1 frames")
+            if problem := frames_problem(n):  # a model trained at 13 frames could neither validate nor sample at its length
+                raise InputError(f"frame buckets {problem}: CogVideoX decodes only 8k+1 frames")
         for side in (*self.heights, *self.widths):
             if side <= 0 or side % 16:
                 raise InputError(f"bucket heights and widths must be positive multiples of 16, got {side}")

@@ -146,8 +146,8 @@ def whole(fps: float) -> float | int:
 
 def check_video_shape(frames: int, height: int, width: int, fps: float) -> None:
     """Frames must be 8k+1 (see core.models.frames_problem) and sides multiples of 16."""
-    if frames_problem(frames):
-        raise ConfigError(f"--frames {frames_problem(frames)}: CogVideoX's VAE turns (frames - 1) / 4 + 1 latent "
+    if problem := frames_problem(frames):
+        raise ConfigError(f"--frames {problem}: CogVideoX's VAE turns (frames - 1) / 4 + 1 latent "
                           "frames into video and needs that number odd")
     for name, value in (("height", height), ("width", width)):
         if value <= 0 or value % 16:

@@ -118,8 +118,8 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_blocks must be 0 or more, got {self.checkpoint_blocks}")
         if self.strata is not None and self.strata < 1:
             raise ConfigError(f"strata must be at least 1, got {self.strata}")
-        if self.validation_frames is not None and frames_problem(self.validation_frames):
-            raise ConfigError(f"validation_frames {frames_problem(self.validation_frames)}")
+        if self.validation_frames is not None and (problem := frames_problem(self.validation_frames)):
+            raise ConfigError(f"validation_frames {problem}")
         for name in ("validation_height", "validation_width"):
             value = getattr(self, name)
             if value is not None and (value <= 0 or value % 16):
