@@ -9,7 +9,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 if [ "${PART:-prepare}" = train ]; then
-  python3 benchmarks/train_step.py --out $OUT --checkpoint-blocks 27 --max-batch 4 2>&1 | grep -v -i "warn\|deprec" | tail -30
+  python3 benchmarks/train_step.py --out $OUT --checkpoint-blocks 27 --max-batch 4 2>&1 | grep -v -i "warn\|deprec" | tee $OUT/train_step.log | tail -30
 else
-  python3 benchmarks/prepare_gpu.py --out $OUT 2>&1 | grep -v -i "warn\|deprec" | tail -40
+  python3 benchmarks/prepare_gpu.py --out $OUT 2>&1 | grep -v -i "warn\|deprec" | tee $OUT/prepare_gpu.log | tail -40
 fi
