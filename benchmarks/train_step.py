@@ -8,7 +8,7 @@ N of 30 blocks). It picks the fastest setting whose peak memory is at most the s
 largest batch that fits the GPU. Speed does not depend on weight values, so random weights give real timings.
 
 With torchao importable (carry its wheel) on an SM89+ GPU it also tries the fastest setting with torchao's
-float8 training for the blocks' linear layers (`fp8_linears`). Attention runs PyTorch SDPA (cuDNN) forward and
+float8 training for the blocks' linear layers (`fp8_linears`, src/ophora/train/fp8.py). Attention runs PyTorch SDPA (cuDNN) forward and
 backward. Writes train_step_<gpu>.json (train_step_h200.json on an H200) with speedup_vs_stock, peak_gib and
 stock_peak_gib.
 
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ophora.train.blocks import configure_blocks  # noqa: E402
 from ophora.train.config import TrainConfig  # noqa: E402
+from ophora.train.fp8 import fp8_unavailable, to_fp8_linears  # noqa: E402
 from ophora.train.trainer import diffusion_loss, make_optimizer  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -100,30 +101,6 @@ def stock_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, warm: int
     release(model, opt)
     return {"name": "stock", "batch": 1, "checkpoint_blocks": None, "selective": False, "compile": False, "step_s": seconds, "samples_per_s": 1 / seconds, "peak_gib": peak,
             "model_tflops": 3 * flops / seconds / 1e12}
-
-
-def fp8_unavailable() -> str | None:
-    """Why torchao's float8 training cannot run here (None when it can): it needs torchao and an SM89+ GPU."""
-    if not CUDA or torch.cuda.get_device_capability() < (8, 9):
-        return "float8 matmuls need an SM89+ GPU"
-    try:
-        import torchao.float8  # noqa: F401
-    except Exception as exc:  # ImportError, or a build for another torch
-        return f"torchao not importable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-    return None
-
-
-def to_fp8_linears(model) -> int:
-    """torchao float8 training (dynamic per-tensor scales) for the blocks' linear layers; returns how many."""
-    from torchao.float8 import convert_to_float8_training
-
-    def wanted(module, fqn: str) -> bool:  # float8 matmuls need both sides a multiple of 16
-        return (fqn.startswith("transformer_blocks") and isinstance(module, torch.nn.Linear)
-                and module.in_features % 16 == 0 and module.out_features % 16 == 0)
-
-    before = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-    convert_to_float8_training(model, module_filter_fn=wanted)
-    return before - sum(type(m) is torch.nn.Linear for m in model.modules())
 
 
 def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int, checkpoint_blocks: int | None,

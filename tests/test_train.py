@@ -4,6 +4,7 @@ TPT -> P2FT, LoRA, NaN handling and every bad-input error."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -303,6 +304,22 @@ def test_selective_checkpointing_changes_memory_not_results(tiny_model, cache, t
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
 
+
+
+def test_fp8_linears_without_a_float8_gpu_falls_back_to_the_exact_bf16_path(tiny_model, cache, tmp_path, caplog):
+    from ophora.train.fp8 import fp8_unavailable
+
+    if fp8_unavailable() is None:
+        pytest.skip("torchao and an SM89+ GPU are here: fp8 linears would run")
+    assert load_config(None, ["model=m", "cache=c", "out=o", "fp8_linears=true"]).fp8_linears
+    with pytest.raises(ConfigError, match="full fine-tuning only"):
+        load_config(None, ["model=m", "cache=c", "out=o", "fp8_linears=true", "mode=lora"])
+    with caplog.at_level(logging.INFO, logger="ophora.train.fp8"):
+        fp8 = train(tiny_config(tiny_model, cache, tmp_path / "fp8", "steps=2", "export=false", "fp8_linears=true"))
+    assert [r.getMessage() for r in caplog.records if r.name == "ophora.train.fp8"] == [
+        f"fp8_linears: off, running the bf16 path ({fp8_unavailable()})"]
+    plain = train(tiny_config(tiny_model, cache, tmp_path / "plain", "steps=2", "export=false"))
+    assert losses(fp8) == losses(plain)
 
 
 def test_selective_checkpointing_runs_attention_once_per_block(tiny_model):

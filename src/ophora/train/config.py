@@ -57,6 +57,7 @@ class TrainConfig:
     checkpoint_blocks: int | None = None  # checkpoint only the first N blocks (faster, more memory); None: all
     selective_checkpointing: bool = False  # keep attention outputs instead of recomputing them (see train/blocks.py)
     compile_blocks: bool = False       # torch.compile each transformer block
+    fp8_linears: bool = False          # float8 matmuls in the blocks' linears (torchao, SM89+ GPU; else bf16: train/fp8.py)
     allow_tf32: bool = True
     seed: int = 42
     # bookkeeping
@@ -76,7 +77,7 @@ class TrainConfig:
     def identity(self) -> dict:
         """The settings a run's result depends on; a run folder may only be resumed with the same ones."""
         free = {"out", "steps", "num_workers", "checkpoint_blocks", "selective_checkpointing", "compile_blocks",
-                "log_every", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_prompts",
+                "fp8_linears", "log_every", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_prompts",
                 "validation_frames", "validation_height", "validation_width", "validation_steps", "validation_guidance",
                 "export", "stop_at_step"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
@@ -114,6 +115,8 @@ class TrainConfig:
             raise ConfigError(f"stop_at_step must be at least 1, got {self.stop_at_step}")
         if self.mode == "lora" and not self.lora_targets:
             raise ConfigError("lora_targets is empty: name the modules LoRA adapts (e.g. to_q, to_k, to_v, to_out.0)")
+        if self.fp8_linears and self.mode == "lora":
+            raise ConfigError("fp8_linears applies to full fine-tuning only (mode: full); turn it off for LoRA")
         if self.checkpoint_blocks is not None and self.checkpoint_blocks < 0:
             raise ConfigError(f"checkpoint_blocks must be 0 or more, got {self.checkpoint_blocks}")
         if self.strata is not None and self.strata < 1:

@@ -34,6 +34,7 @@ from ophora.train.checkpoint import (TrainState, checkpoints, claim_run, resume,
                                      write_run_record)
 from ophora.train.config import TrainConfig
 from ophora.train.export import export_pipeline, merged_lora_state_dict
+from ophora.train.fp8 import apply_fp8_linears
 from ophora.train.positions import rotary_embeddings
 from ophora.train.report import write_report
 from ophora.train.timesteps import sample_seed, sample_timesteps
@@ -102,7 +103,8 @@ def make_accelerator(config: TrainConfig):
 
 
 def load_transformer(model_dir: Path, config: TrainConfig):
-    """The transformer in fp32 (the master weights), with LoRA layers and gradient checkpointing as configured."""
+    """The transformer in fp32 (the master weights), with LoRA layers, FP8 linears, gradient checkpointing and
+    compilation as configured (float8 conversion comes before compilation, as torchao asks)."""
     from diffusers import CogVideoXTransformer3DModel
 
     transformer = CogVideoXTransformer3DModel.from_pretrained(model_dir / "transformer", torch_dtype=torch.float32)
@@ -113,6 +115,7 @@ def load_transformer(model_dir: Path, config: TrainConfig):
         check_lora_targets(transformer, config.lora_targets)
         transformer.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights=True,
                                            target_modules=config.lora_targets))
+    apply_fp8_linears(transformer, config.fp8_linears)
     configure_blocks(transformer, config.gradient_checkpointing, config.checkpoint_blocks,
                      config.selective_checkpointing, config.compile_blocks)
     return transformer.train()
