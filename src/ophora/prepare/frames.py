@@ -14,12 +14,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import av
 import numpy as np
 import torch
 
 from ophora.core.errors import InputError, MediaError
-from ophora.core.media import stream_fps
 from ophora.core.models import frames_problem
 
 
@@ -85,6 +83,10 @@ def resize_and_crop(frame: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def decode_frames(path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
     """Decode a clip into uint8 RGB frames (F, H, W, 3) of one bucket, plus what was done to it."""
+    import av  # here, so resizing and VAE input work where PyAV is not installed (benchmarks on a bare GPU machine)
+
+    from ophora.core.media import stream_fps
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
