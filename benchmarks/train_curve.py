@@ -155,6 +155,7 @@ def train_run(name: str, seed: int, fast: bool, posteriors: list, prompts: list[
     out = {**summary(result), "peak_gib": peak()}
     del model, optimizer, lr_scheduler, params
     accelerator.free_memory()
+    torch._dynamo.reset()  # compiled code holds the model's parameters
     release()
     print(f"{name}: {len(out['losses'])} steps, median step {out['median_step_s']} s, peak {out['peak_gib']} GiB, "
           f"losses {out['losses'][:1]} ... {out['losses'][-1:]}", flush=True)
@@ -163,7 +164,7 @@ def train_run(name: str, seed: int, fast: bool, posteriors: list, prompts: list[
 
 def summary(result: dict) -> dict:
     times = result["step_s"][10:] or result["step_s"]
-    return {**result, "median_step_s": float(np.median(times)) if times else None}
+    return {**result, "median_step_s": round(float(np.median(times)), 4) if times else None}
 
 
 def peak() -> float | None:

@@ -43,3 +43,24 @@ def test_speed_switches_keep_the_losses(tiny_model, cache, tmp_path):
     fast = run(tiny_model, cache, tmp_path / "fast", "mixed_precision=bf16", "allow_tf32=false",
                "selective_checkpointing=true", "checkpoint_blocks=1", "compile_blocks=true")
     np.testing.assert_allclose(fast, plain, rtol=2e-2)  # bf16 kernels differ slightly once compiled
+
+
+def test_fp8_linears_train_near_the_bf16_losses_and_export_plain_weights(tiny_model, cache, tmp_path, caplog):
+    import logging
+
+    from safetensors import safe_open
+
+    from ophora.train.fp8 import fp8_unavailable
+
+    if (missing := fp8_unavailable()) is not None:
+        pytest.skip(f"fp8 linears cannot run here: {missing}")
+    plain = run(tiny_model, cache, tmp_path / "plain", "mixed_precision=bf16")
+    with caplog.at_level(logging.INFO, logger="ophora.train.fp8"):
+        fp8 = run(tiny_model, cache, tmp_path / "fp8", "mixed_precision=bf16", "fp8_linears=true",
+                  "compile_blocks=true", "selective_checkpointing=true")
+    assert any(r.getMessage().startswith("fp8_linears: on, ") for r in caplog.records)
+    assert np.isfinite(fp8).all()
+    np.testing.assert_allclose(fp8, plain, rtol=0.1)  # float8 matmuls: close to bf16, not equal
+    weights = "final/transformer/diffusion_pytorch_model.safetensors"
+    with safe_open(tmp_path / "plain" / weights, "pt") as a, safe_open(tmp_path / "fp8" / weights, "pt") as b:
+        assert set(a.keys()) == set(b.keys())  # the export is a plain diffusers transformer

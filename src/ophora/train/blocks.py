@@ -13,11 +13,13 @@ these only replace each block's `forward`/call: parameter names, checkpoints and
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+log = logging.getLogger(__name__)
 ATTENTION_OPS = {getattr(torch.ops.aten, name).default for name in (
     "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
     "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu",
@@ -44,6 +46,9 @@ def configure_blocks(transformer, gradient_checkpointing: bool, checkpoint_block
     """Checkpoint the first `checkpoint_blocks` blocks (all if None), keeping attention outputs if `selective`;
     then compile each block if asked."""
     blocks = transformer.transformer_blocks
+    kept = " (attention outputs kept: selective)" if selective else ""
+    log.info("transformer blocks: %s; %s", f"{len(blocks[:checkpoint_blocks])} of {len(blocks)} checkpointed{kept}"
+             if gradient_checkpointing else "none checkpointed", "each compiled" if compile_blocks else "not compiled")
     if gradient_checkpointing:
         for block in blocks[:checkpoint_blocks]:
             block.forward = _checkpointed(block.forward, selective)
