@@ -322,6 +322,24 @@ def test_fp8_linears_without_a_float8_gpu_falls_back_to_the_exact_bf16_path(tiny
     assert losses(fp8) == losses(plain)
 
 
+def test_fp8_conversion_takes_only_block_linears_of_multiples_of_16_and_keeps_the_weights():
+    pytest.importorskip("torchao.float8")
+    from diffusers import CogVideoXTransformer3DModel
+
+    from ophora.train.fp8 import to_fp8_linears
+
+    model = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=16, num_layers=2, text_embed_dim=32,
+                                        time_embed_dim=24, max_text_seq_length=8)  # the norms' linears take 24
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    eligible = [n for n, m in model.named_modules() if n.startswith("transformer_blocks") and
+                isinstance(m, torch.nn.Linear) and m.in_features % 16 == 0 and m.out_features % 16 == 0]
+    assert 0 < len(eligible) < sum(isinstance(m, torch.nn.Linear) for m in model.transformer_blocks.modules())
+    assert to_fp8_linears(model) == len(eligible)
+    assert {n for n, m in model.named_modules() if type(m).__name__ == "Float8Linear"} == set(eligible)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_selective_checkpointing_runs_attention_once_per_block(tiny_model):
     from diffusers import CogVideoXTransformer3DModel
     from torch.utils._python_dispatch import TorchDispatchMode
