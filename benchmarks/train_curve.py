@@ -39,6 +39,7 @@ import argparse
 import gc
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -143,12 +144,18 @@ def train_run(name: str, seed: int, fast: bool, posteriors: list, prompts: list[
         batch = {"latent_mean": mean[None], "latent_logvar": logvar[None], "prompt_embeds": prompts[order[step]][None],
                  "positions": torch.tensor([0]), "micro_step": torch.tensor(step)}
         loss = diffusion_loss(model, noise_scheduler, batch, config, scaling, 1, 1, model_config)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
+        value = loss.item()  # synchronises, so the step time below is the step's own
+        if math.isfinite(value):
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+        else:  # as the trainer does: no update from a non-finite loss
+            result["skipped_steps"] = result.get("skipped_steps", 0) + 1
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        result["losses"].append(loss.item())  # synchronises, so the step time below is the step's own
+        if CUDA:
+            torch.cuda.synchronize()
+        result["losses"].append(value)  # NaN stays NaN: its gaps are NaN and the verdict is "NOT within noise"
         result["step_s"].append(time.perf_counter() - start)
         if (step + 1) % 10 == 0:
             report({**summary(result), "peak_gib": peak()})
