@@ -11,8 +11,8 @@ export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, diffusers; print(torch.__version__, diffusers.__version__)"
 if [ "${PART:-1}" = 1 ]; then
-  python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_sample_gpu.py tests/test_step_cache.py tests/test_attention.py \
-    tests/test_host_timesteps.py 2>&1 | tee $OUT/gpu_tests.log | tail -8
+  python3 -m pytest -q -p no:cacheprovider -m gpu ${TESTS:-tests/test_sample_gpu.py tests/test_step_cache.py tests/test_attention.py \
+    tests/test_host_timesteps.py} 2>&1 | tee $OUT/gpu_tests.log | tail -8
   python3 benchmarks/sample_gpu.py --stock inline --modes ${MODES:-exact,fp8,fp8-fixed,exact-vae-cl,exact-vae-compiled} --out $OUT \
     --compile-cache $OUT/compile_cache.bin 2>&1 | grep -v -i "warn\|deprec" | tee $OUT/sample_gpu_part1.log | tail -40
 else

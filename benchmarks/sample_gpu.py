@@ -105,7 +105,7 @@ MODES = {
     "fp8": {"attention": "fp8"},
     # the VAE decoder's levers change the pipeline for good: these modes go last
     "exact-vae-cl": {"vae_channels_last": True},
-    "exact-vae-compiled": {"vae_channels_last": True, "vae_compile": True},
+    "exact-vae-compiled": {"vae_channels_last": True, "vae_compile": "on"},
     "fixed": {"cache": "fixed"},
     "fixed-k2": {"cache": "fixed", "cache_interval": 2},
     "fixed-k4": {"cache": "fixed", "cache_interval": 4},
@@ -352,7 +352,8 @@ def main() -> None:
         kernel = speed.configure_speed(pipe, config.attention, config.compile, device, config.cache_spec,
                                        config.guidance, config.steps)
         if name in VAE_MODES:
-            speed_up_vae(pipe.vae, config.vae_channels_last, config.vae_compile, device, "decoder", "benchmark")
+            speed_up_vae(pipe.vae, config.vae_channels_last, config.compiles_decoder(device, None), device, "decoder",
+                         "benchmark")
         if "cache_dit" in MODES[name]:
             use_cache_dit(pipe, name, config.steps)
         entry = {"name": name, "options": MODES[name], "kernel": kernel,

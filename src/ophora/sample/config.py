@@ -13,6 +13,9 @@ from ophora.sample.cache_spec import NEEDS_WHOLE_CFG_BATCH, CacheSpec
 
 DTYPES = ("bf16", "fp16", "fp32")
 AUTHOR_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+# --vae-compile auto compiles the decoder for runs this long: on the H200 compiling takes ~100 s and saves ~1.2 s
+# a video (benchmarks/results/sample_gpu_h200.json, exact-vae-compiled), so it pays from about 85 videos
+VAE_COMPILE_MIN_VIDEOS = 100
 
 
 @dataclass
@@ -47,9 +50,12 @@ class SampleConfig:
     lora: str | None = option(None, "LoRA weights (folder or .safetensors) to apply")
     lora_scale: float = option(1.0, "LoRA strength")
     vae_tiling: str = option("auto", "auto: decode untiled when it fits in free GPU memory", choices=("auto", "on", "off"))
-    vae_compile: bool = option(False, "GPU: torch.compile the VAE decoder (the first video of each size pays the "
-                                      "compiling; changes only bf16 rounding)")
-    vae_channels_last: bool = option(False, "GPU: the VAE's convolutions in channels-last (NDHWC) memory layout")
+    vae_compile: str = option("auto", "GPU: torch.compile the VAE decoder, in channels-last layout (changes only bf16 "
+                              f"rounding; H200: ~100 s of compiling, then 0.95 s instead of 2.15 s a 49x480x720 "
+                              f"decode); auto = on when the run has at least {VAE_COMPILE_MIN_VIDEOS} videos to make",
+                              choices=("auto", "on", "off"))
+    vae_channels_last: bool = option(False, "GPU: the VAE's convolutions in channels-last (NDHWC) memory layout, "
+                                            "also uncompiled (slower on the H200: 3.15 s a decode)")
     qp: int = option(18, "H.264 constant quantizer, 0-51 (lower is better quality)")
     overwrite: bool = option(False, "redo videos that already exist")
     cfg_parallel: bool = option(False, "with torchrun: each pair of ranks shares one video, one CFG half each")
@@ -102,6 +108,9 @@ class SampleConfig:
             raise InputError(f"LoRA weights not found: {self.lora}")
         if self.frames is not None:
             check_video_shape(self.frames, self.height or 16, self.width or 16, self.fps or 1)
+        for name in ("vae_tiling", "vae_compile"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise ConfigError(f"--{name.replace('_', '-')} must be auto, on or off, got {getattr(self, name)!r}")
         if self.cache not in CACHE_MODES:
             raise ConfigError(f"--cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
         problems = self.cache_spec.problems()
@@ -110,6 +119,12 @@ class SampleConfig:
         if self.cfg_parallel and self.cache in NEEDS_WHOLE_CFG_BATCH:
             raise ConfigError(f"--cache {self.cache} decides from the whole CFG batch, which --cfg-parallel splits "
                               "over two ranks; use --cache fixed, taylorseer or pab with --cfg-parallel")
+
+    def compiles_decoder(self, device: str, videos: int | None) -> bool:
+        """Whether --vae-compile compiles the VAE decoder for a run of `videos` videos (None: not known) on `device`."""
+        if self.vae_compile == "auto":
+            return device.startswith("cuda") and videos is not None and videos >= VAE_COMPILE_MIN_VIDEOS
+        return self.vae_compile == "on"
 
     @property
     def cache_spec(self) -> CacheSpec:

@@ -16,15 +16,15 @@ from ophora.sample.speed import configure_speed
 from ophora.sample.step_cache import reset as reset_cache
 
 
-def prepare_pipeline(config: SampleConfig, device: str):
-    """Load the pipeline named by `config.model` and configure it for sampling."""
+def prepare_pipeline(config: SampleConfig, device: str, videos: int | None = None):
+    """Load the pipeline named by `config.model` and configure it for sampling `videos` videos (None: not known)."""
     pipe = load_pipeline(config.model, device=device, dtype=parse_dtype(config.dtype, device), scheduler=config.scheduler)
-    return configure_pipeline(pipe, config, device)
+    return configure_pipeline(pipe, config, device, videos)
 
 
-def configure_pipeline(pipe, config: SampleConfig, device: str):
+def configure_pipeline(pipe, config: SampleConfig, device: str, videos: int | None = None):
     """Apply LoRA, fused attention projections, the attention kernel, compiling and step caching, host-side
-    timesteps, the VAE's layout, compiling and memory mode, and progress settings."""
+    timesteps, the VAE's layout, compiling (for a run of `videos` videos) and memory mode, and progress settings."""
     if config.lora:
         try:
             pipe.load_lora_weights(config.lora, adapter_name="ophora")
@@ -37,7 +37,8 @@ def configure_pipeline(pipe, config: SampleConfig, device: str):
     configure_speed(pipe, config.attention, config.compile, device, config.cache_spec, config.guidance, config.steps,
                     lora=bool(config.lora))
     keep_timesteps_on_host(pipe, device)
-    speed_up_vae(pipe.vae, config.vae_channels_last, config.vae_compile, device, "decoder", "sample")
+    compile_vae = config.compiles_decoder(device, videos)  # compiled, it is fastest in channels-last layout
+    speed_up_vae(pipe.vae, config.vae_channels_last or compile_vae, compile_vae, device, "decoder", "sample")
     tiling = config.vae_tiling == "on" or (config.vae_tiling == "auto" and not _untiled_decode_fits(config, device))
     if tiling:
         pipe.vae.enable_tiling()

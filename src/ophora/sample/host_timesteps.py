@@ -5,7 +5,7 @@ diffusers' CogVideoX loop reads the current timestep on the host several times a
 previous timestep with 0). With the timesteps on the GPU each of those reads waits until the GPU has
 finished all queued work, so after every step the GPU idles while the host prepares the next one. Here the
 scheduler keeps its timesteps on the host (the reads cost nothing) and the transformer receives a copy of each
-timestep made on the GPU once per generation. The values are the same integers, so the result is bit for bit
+timestep, copied to the GPU in one transfer per generation. The values are the same integers, so the result is bit for bit
 the same.
 """
 
@@ -26,7 +26,10 @@ def keep_timesteps_on_host(pipe, device: str | torch.device) -> None:
 
         def host_set_timesteps(*args, device=None, **kwargs):
             set_timesteps(*args, device="cpu", **kwargs)
-            scheduler._ophora_on_device = {t.item(): t.to(target) for t in scheduler.timesteps}
+            host = scheduler.timesteps
+            # one copy of the whole table; from pinned memory it does not make the host wait
+            table = host.pin_memory().to(target, non_blocking=True) if target.type == "cuda" else host.to(target)
+            scheduler._ophora_on_device = {t: table[i] for i, t in enumerate(host.tolist())}
 
         scheduler.set_timesteps = host_set_timesteps
         setattr(scheduler, _FLAG, True)

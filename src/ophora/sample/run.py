@@ -105,7 +105,7 @@ def sample(config: SampleConfig) -> SampleSummary:
     # 3. generate
     if todo:
         device = pick_device(config.device, ranks)
-        pipe = prepare_pipeline(config, device)
+        pipe = prepare_pipeline(config, device, len(todo))
         if config.cfg_parallel and ranks.world > 1:
             split_cfg_batch(pipe.transformer, groups[pair], half)
         bar = tqdm(todo, desc=f"videos (rank {ranks.rank})" if ranks.world > 1 else "videos", unit="video",
