@@ -12,7 +12,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 if [ "${PART:-prepare}" = train ]; then
-  python3 benchmarks/train_step.py --out $OUT --checkpoint-blocks 27 --max-batch 4 2>&1 | grep -v -i "warn\|deprec" | tee $OUT/train_step.log | tail -30
+  python3 benchmarks/train_step.py --out $OUT --checkpoint-blocks 27 --max-batch ${MAX_BATCH:-4} ${QUICK:+--quick} 2>&1 | grep -v -i "warn\|deprec" | tee $OUT/train_step.log | tail -30
 elif [ "$PART" = curve ]; then
   python3 benchmarks/train_curve.py --out $OUT --data .gpu/cataract1k_iol_sequence --budget-s 330 2>&1 | grep -v -i "warn\|deprec" | tee $OUT/train_curve.log | tail -30
 else

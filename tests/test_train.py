@@ -322,18 +322,19 @@ def test_fp8_linears_without_a_float8_gpu_falls_back_to_the_exact_bf16_path(tiny
     assert losses(fp8) == losses(plain)
 
 
-def test_fp8_conversion_takes_only_block_linears_of_multiples_of_16_and_keeps_the_weights():
+def test_fp8_conversion_takes_only_block_attention_and_ff_linears_of_multiples_of_16_and_keeps_the_weights():
     pytest.importorskip("torchao.float8")
     from diffusers import CogVideoXTransformer3DModel
 
     from ophora.train.fp8 import to_fp8_linears
 
     model = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=16, num_layers=2, text_embed_dim=32,
-                                        time_embed_dim=24, max_text_seq_length=8)  # the norms' linears take 24
+                                        time_embed_dim=32, max_text_seq_length=8)  # every side a multiple of 16
+    model.transformer_blocks[1].ff.net[2] = torch.nn.Linear(128, 24)  # ... but this one: stays bf16
     before = {k: v.clone() for k, v in model.state_dict().items()}
     eligible = [n for n, m in model.named_modules() if n.startswith("transformer_blocks") and
-                isinstance(m, torch.nn.Linear) and m.in_features % 16 == 0 and m.out_features % 16 == 0]
-    assert 0 < len(eligible) < sum(isinstance(m, torch.nn.Linear) for m in model.transformer_blocks.modules())
+                isinstance(m, torch.nn.Linear) and ".norm" not in n and n != "transformer_blocks.1.ff.net.2"]
+    assert len(eligible) == 2 * 4 + 2 * 2 - 1  # q, k, v, out and two feed-forward linears a block, less one
     assert to_fp8_linears(model) == len(eligible)
     assert {n for n, m in model.named_modules() if type(m).__name__ == "Float8Linear"} == set(eligible)
     after = model.state_dict()

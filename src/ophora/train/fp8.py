@@ -31,17 +31,21 @@ def fp8_unavailable() -> str | None:
     return None
 
 
+def fp8_eligible(module: torch.nn.Module, fqn: str) -> bool:
+    """Whether the layer `fqn` trains in float8: the blocks' attention and feed-forward linears whose in and out
+    features are multiples of 16 (float8 matmuls need that). The adaptive norms' linears (`norm1.linear`,
+    `norm2.linear`) are left in bf16: they take the time embedding, one row per sample, too few for float8 to
+    pay, and compiled, torch's scaled-matmul check rejects that one-row operand's layout (seen on the H200)."""
+    return (fqn.startswith("transformer_blocks") and ".norm" not in fqn and isinstance(module, torch.nn.Linear)
+            and module.in_features % 16 == 0 and module.out_features % 16 == 0)
+
+
 def to_fp8_linears(model: torch.nn.Module) -> int:
-    """Convert the blocks' linear layers whose in and out features are multiples of 16 (float8 matmuls need
-    that) to torchao's Float8Linear, in place; returns how many were converted."""
+    """Convert the layers `fp8_eligible` picks to torchao's Float8Linear, in place; returns how many."""
     from torchao.float8 import convert_to_float8_training
 
-    def wanted(module: torch.nn.Module, fqn: str) -> bool:
-        return (fqn.startswith("transformer_blocks") and isinstance(module, torch.nn.Linear)
-                and module.in_features % 16 == 0 and module.out_features % 16 == 0)
-
     before = sum(type(m) is torch.nn.Linear for m in model.modules())
-    convert_to_float8_training(model, module_filter_fn=wanted)
+    convert_to_float8_training(model, module_filter_fn=fp8_eligible)
     return before - sum(type(m) is torch.nn.Linear for m in model.modules())
 
 
