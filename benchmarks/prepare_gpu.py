@@ -74,9 +74,14 @@ def ours_encode(vae, videos: list[np.ndarray], batch: int, clips: int, dtype: to
     return per_clip(lambda: encode_videos(vae, chunk, DEVICE, dtype), max(clips // batch, 1), batch)
 
 
-def variant(a, shape, videos, dtype, batch: int, channels_last: bool, compile_: bool) -> dict:
-    """One setting of ours, on a fresh VAE (layout and compiling change it in place)."""
+def variant(a, shape, videos, dtype, batch: int, channels_last: bool, compile_: bool,
+            cudnn_benchmark: bool = False) -> dict:
+    """One setting of ours, on a fresh VAE (layout and compiling change it in place); `cudnn_benchmark` lets
+    cuDNN time its convolution algorithms for these shapes first (torch.backends.cudnn.benchmark)."""
     entry = {"batch": batch, "channels_last": channels_last, "compile": compile_}
+    if cudnn_benchmark:
+        entry["cudnn_benchmark"] = True
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     vae = build_vae(a.tiny, dtype)
     if channels_last:
         to_channels_last(vae)
@@ -96,6 +101,7 @@ def variant(a, shape, videos, dtype, batch: int, channels_last: bool, compile_: 
     except torch.OutOfMemoryError:
         entry["oom"] = True
     del vae
+    torch.backends.cudnn.benchmark = False
     gc.collect()
     if CUDA:
         torch.cuda.empty_cache()
@@ -146,7 +152,7 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="toy size, runs on the CPU")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--clips", type=int, default=8, help="clips timed per setting (after a warm-up batch)")
-    p.add_argument("--batches", default="1,2,4", help="batch sizes to try")
+    p.add_argument("--batches", default="1,2,4,8", help="batch sizes to try")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled-encoder variant")
     p.add_argument("--e2e-clips", type=int, default=8, help="synthetic clips for the end-to-end prepare runs (0: none)")
     a = p.parse_args()
@@ -176,6 +182,11 @@ def main() -> None:
         res["variants"].append(compiled)
         if not compiled.get("oom") and compiled["s_per_clip"] < best["s_per_clip"]:
             best = compiled
+    if CUDA:  # the best setting again with cuDNN's own algorithm search for these convolution shapes
+        searched = variant(a, shape, videos, dtype, best["batch"], best["channels_last"], best["compile"], True)
+        res["variants"].append(searched)
+        if not searched.get("oom") and searched["s_per_clip"] < best["s_per_clip"]:
+            best = searched
     res["best"] = best
     res["ours_s_per_clip"] = best["s_per_clip"]
     res["vae_encode_speedup_vs_stock"] = res["stock_s_per_clip"] / best["s_per_clip"]
@@ -183,7 +194,7 @@ def main() -> None:
     res["stock_clips_per_s"] = 1 / res["stock_s_per_clip"]
     if a.e2e_clips:
         ours = {"encode_batch": best["batch"], "vae_channels_last": best["channels_last"],
-                "vae_compile": best["compile"]}
+                "vae_compile": "on" if best["compile"] else "off"}
         res["prepare_end_to_end"] = end_to_end(a, shape, dtype, [{"encode_batch": 1}, ours])
     res["command"] = "python benchmarks/prepare_gpu.py " + " ".join(sys.argv[1:])
     print(json.dumps(res, indent=1))

@@ -53,3 +53,28 @@ def test_gpu_compiled_channels_last_decoder_within_bf16_rounding(tiny_model, cap
         ours = pipe.vae.decode(latents).sample
     assert "sample: VAE decoder channels-last, compiled" in caplog.text
     assert rel(ours, reference) < 2e-2
+
+
+def test_vae_compile_auto_compiles_the_decoder_only_for_long_gpu_runs():
+    from ophora.core.errors import ConfigError
+    from ophora.sample.config import VAE_COMPILE_MIN_VIDEOS, SampleConfig
+
+    auto = SampleConfig(model="m", out="o", prompt="a")
+    assert auto.vae_compile == "auto"
+    assert auto.compiles_decoder("cuda:0", VAE_COMPILE_MIN_VIDEOS)
+    assert not auto.compiles_decoder("cuda:0", VAE_COMPILE_MIN_VIDEOS - 1)
+    assert not auto.compiles_decoder("cuda:0", None)  # Generator: how many videos is not known
+    assert not auto.compiles_decoder("cpu", 10_000)
+    assert SampleConfig(model="m", out="o", prompt="a", vae_compile="on").compiles_decoder("cuda", 1)
+    assert not SampleConfig(model="m", out="o", prompt="a", vae_compile="off").compiles_decoder("cuda", 10_000)
+    with pytest.raises(ConfigError, match="--vae-compile must be auto, on or off"):
+        SampleConfig(model="m", out="o", prompt="a", vae_compile="yes").check()
+
+
+def test_a_long_cpu_run_keeps_the_stock_decoder(pipe):
+    from ophora.sample.config import SampleConfig
+    from ophora.sample.generate import configure_pipeline
+
+    configure_pipeline(pipe, SampleConfig(model="m", out="o", prompt="a", compile=False), "cpu", videos=10_000)
+    assert not getattr(pipe.vae, "_ophora_channels_last", False)
+    assert getattr(pipe.vae.decoder, "_compiled_call_impl", None) is None

@@ -20,6 +20,17 @@ def to_channels_last(vae) -> None:
     vae._ophora_channels_last = True
 
 
+COMPILE_SETTINGS = ("auto", "on", "off")
+
+
+def compile_wanted(setting: str, device: str, count: int | None, minimum: int) -> bool:
+    """Whether a VAE compile setting (auto, on or off) compiles for a run of `count` videos or clips (None: not
+    known) on `device`: auto compiles on a GPU from `minimum` of them on, where the compiling pays for itself."""
+    if setting == "auto":
+        return device.startswith("cuda") and count is not None and count >= minimum
+    return setting == "on"
+
+
 def speed_up_vae(vae, channels_last: bool, compile: bool, device: str, part: str, stage: str) -> None:
     """Put the VAE in channels-last layout and/or compile its `part` ("encoder" or "decoder"; GPU only), with
     one log line prefixed by `stage`."""

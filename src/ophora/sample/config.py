@@ -8,6 +8,7 @@ from pathlib import Path
 from ophora.core.config import option
 from ophora.core.errors import ConfigError, InputError
 from ophora.core.models import frames_problem
+from ophora.core.vae_speed import COMPILE_SETTINGS, compile_wanted
 from ophora.sample.cache_spec import MODES as CACHE_MODES
 from ophora.sample.cache_spec import NEEDS_WHOLE_CFG_BATCH, CacheSpec
 
@@ -53,7 +54,7 @@ class SampleConfig:
     vae_compile: str = option("auto", "GPU: torch.compile the VAE decoder, in channels-last layout (changes only bf16 "
                               f"rounding; H200: ~100 s of compiling, then 0.95 s instead of 2.15 s a 49x480x720 "
                               f"decode); auto = on when the run has at least {VAE_COMPILE_MIN_VIDEOS} videos to make",
-                              choices=("auto", "on", "off"))
+                              choices=COMPILE_SETTINGS)
     vae_channels_last: bool = option(False, "GPU: the VAE's convolutions in channels-last (NDHWC) memory layout, "
                                             "also uncompiled (slower on the H200: 3.15 s a decode)")
     qp: int = option(18, "H.264 constant quantizer, 0-51 (lower is better quality)")
@@ -109,7 +110,7 @@ class SampleConfig:
         if self.frames is not None:
             check_video_shape(self.frames, self.height or 16, self.width or 16, self.fps or 1)
         for name in ("vae_tiling", "vae_compile"):
-            if getattr(self, name) not in ("auto", "on", "off"):
+            if getattr(self, name) not in COMPILE_SETTINGS:
                 raise ConfigError(f"--{name.replace('_', '-')} must be auto, on or off, got {getattr(self, name)!r}")
         if self.cache not in CACHE_MODES:
             raise ConfigError(f"--cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
@@ -122,9 +123,7 @@ class SampleConfig:
 
     def compiles_decoder(self, device: str, videos: int | None) -> bool:
         """Whether --vae-compile compiles the VAE decoder for a run of `videos` videos (None: not known) on `device`."""
-        if self.vae_compile == "auto":
-            return device.startswith("cuda") and videos is not None and videos >= VAE_COMPILE_MIN_VIDEOS
-        return self.vae_compile == "on"
+        return compile_wanted(self.vae_compile, device, videos, VAE_COMPILE_MIN_VIDEOS)
 
     @property
     def cache_spec(self) -> CacheSpec:
