@@ -61,3 +61,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="slow test: set OPHORA_SLOW=1 to run it"))
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+@pytest.fixture
+def with_fake_fa4(monkeypatch):
+    """FlashAttention-4's kernels replaced by the CPU stand-in of fa4_standin.py, and FA4 reported runnable anywhere."""
+    from fa4_standin import STANDIN
+
+    from ophora.core import attention, fa4
+
+    monkeypatch.setitem(fa4._FA4, "interface", STANDIN)
+    monkeypatch.setattr(attention, "fa4_unavailable", lambda device: None)

@@ -217,6 +217,94 @@ def test_cli_flags_exist():
         parser.parse_args(["--model", "m", "--out", "o", "--attention", "nope"])
 
 
+# ---- FlashAttention-4: choice, fallback and the custom ops (on the CPU: fake tensors, or a stand-in kernel) ----
+
+def _pretend_hopper(monkeypatch, capability=(9, 0)):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+
+
+@pytest.mark.parametrize("requested, training", [("auto", True), ("fa4", True), ("fa4", False)])
+def test_fa4_on_the_cpu_falls_back_to_sdpa_with_one_log_line(caplog, requested, training):
+    with caplog.at_level(logging.INFO, logger="ophora.core.attention"):
+        assert choose_kernel(requested, "cpu", training=training) == "sdpa"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("attention kernel: sdpa (") and "not a CUDA device" in lines[0]
+    assert ("falling back" in lines[0]) == (requested == "fa4")
+
+
+def test_absent_fa4_package_is_named_in_the_fallback(monkeypatch, caplog):
+    monkeypatch.setattr(attn_mod, "fa4_interface", lambda: "flash-attn-4 not importable (ImportError: no module)")
+    _pretend_hopper(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="ophora.core.attention"):
+        assert choose_kernel("auto", "cuda", training=True) == "sdpa"
+    assert "flash-attn-4 not importable" in caplog.records[-1].getMessage()
+
+
+def test_fa4_needs_sm90_or_sm100_and_half_precision(monkeypatch):
+    monkeypatch.setattr(attn_mod, "fa4_interface", lambda: object())
+    monkeypatch.setattr(attn_mod, "_fa3_forward", lambda: "fa3-fwd not importable (ImportError: no module)")
+    _pretend_hopper(monkeypatch)
+    assert choose_kernel("auto", "cuda", training=True) == "fa4"
+    assert choose_kernel("fa4", "cuda", torch.float16, training=True) == "fa4"
+    assert choose_kernel("fa4", "cuda", torch.float32, training=True) == "sdpa"
+    assert choose_kernel("sdpa", "cuda", training=True) == "sdpa"
+    assert choose_kernel("fa4", "cuda") == "fa4"  # offered to sampling on request ...
+    assert choose_kernel("auto", "cuda") == "sdpa"  # ... but sampling's auto stays fa3, else sdpa
+    _pretend_hopper(monkeypatch, (10, 0))
+    assert choose_kernel("auto", "cuda", training=True) == "fa4"
+    _pretend_hopper(monkeypatch, (8, 0))
+    assert choose_kernel("fa4", "cuda", training=True) == "sdpa"
+
+
+def test_training_takes_only_kernels_with_a_backward():
+    for kernel in ("fa3", "fp8"):
+        with pytest.raises(ValueError, match="auto, sdpa, fa4"):
+            choose_kernel(kernel, "cpu", training=True)
+
+
+def test_fa4_ops_have_shape_only_implementations_for_compilers():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 4096, 30, 64, dtype=torch.bfloat16)
+        out, lse = torch.ops.ophora.fa4_fwd(q, q, q, 0.125)
+        grads = torch.ops.ophora.fa4_bwd(out, q, q, q, out, lse, 0.125)
+    assert (out.shape, out.dtype, lse.shape, lse.dtype) == (q.shape, q.dtype, (2, 30, 4096), torch.float32)
+    assert all(g.shape == q.shape and g.dtype == q.dtype for g in grads)
+
+
+def _attention_grads(fn, q, k, v, dout):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    out.backward(dout)
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+def test_fa4_forward_and_backward_ops_match_sdpa_with_a_stand_in(with_fake_fa4):
+    torch.manual_seed(0)
+    q, k, v, dout = (torch.randn(2, 40, 3, 16) for _ in range(4))
+    ours = _attention_grads(lambda *t: attention(*t, kernel="fa4"), q, k, v, dout)
+    ref = _attention_grads(lambda *t: attention(*t, kernel="sdpa"), q, k, v, dout)
+    assert all(rel(a, b) < 1e-5 for a, b in zip(ours, ref))
+
+
+def test_fa4_op_compiles_in_one_graph_with_its_backward(with_fake_fa4):
+    """fullgraph=True through aot_eager: the ops' fake implementations and autograd registration trace."""
+    torch.manual_seed(0)
+    q, k, v, dout = (torch.randn(2, 40, 3, 16) for _ in range(4))
+
+    def fn(q, k, v):
+        return attention(q * 2, k, v, kernel="fa4").sin()
+
+    torch._dynamo.reset()
+    try:
+        compiled = _attention_grads(torch.compile(fn, fullgraph=True, backend="aot_eager"), q, k, v, dout)
+    finally:
+        torch._dynamo.reset()
+    assert all(rel(a, b) < 1e-6 for a, b in zip(compiled, _attention_grads(fn, q, k, v, dout)))
+
+
 # ---- GPU: the kernels themselves (skipped without a CUDA GPU) ----
 
 def _fp32_reference(q, k, v):
@@ -249,3 +337,57 @@ def test_gpu_processor_sdpa_bitwise_equals_stock_bf16():
         layer.set_processor(CogVideoXAttention("sdpa"))
         ours = layer(hidden_states=video, encoder_hidden_states=text, image_rotary_emb=freqs)[0]
     assert rel(ours.float(), ref.float()) < 2e-3
+
+
+def _fa4_or_skip():
+    if (missing := attn_mod.fa4_unavailable("cuda")) is not None:
+        pytest.skip(f"FlashAttention-4 cannot run here: {missing}")
+
+
+@pytest.mark.gpu
+def test_gpu_fa4_output_and_grads_match_fp32_within_bf16_error():
+    """At the CogVideoX-2b attention shape (30 heads of 64), error no larger than cuDNN SDPA's, forward and backward."""
+    _fa4_or_skip()
+    torch.manual_seed(0)
+    q, k, v, dout = (torch.randn(2, 4096, 30, 64, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    ref = _attention_grads(lambda *t: attention(*(x.double() for x in t), kernel="sdpa"), q, k, v, dout)
+    fa4 = _attention_grads(lambda *t: attention(*t, kernel="fa4"), q, k, v, dout)
+    sdpa = _attention_grads(lambda *t: attention(*t, kernel="sdpa"), q, k, v, dout)
+    for name, ours, cudnn, exact in zip(("out", "dq", "dk", "dv"), fa4, sdpa, ref):
+        assert ours.dtype == torch.bfloat16 and ours.shape == exact.shape, name
+        assert rel(ours, exact) < max(2 * rel(cudnn, exact), 1e-2), name
+
+
+@pytest.mark.gpu
+def test_gpu_compiled_block_with_fa4_matches_eager():
+    """A CogVideoX block with the fa4 processor, selectively checkpointed and compiled: the eager losses and grads."""
+    from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
+
+    from ophora.train.blocks import configure_blocks
+
+    _fa4_or_skip()
+
+    def block_grads(compiled: bool):
+        torch.manual_seed(0)
+        block = CogVideoXBlock(dim=256, num_attention_heads=4, attention_head_dim=64, time_embed_dim=64).cuda()
+        block.attn1.set_processor(CogVideoXAttention("fa4"))
+        holder = torch.nn.Module()
+        holder.transformer_blocks = torch.nn.ModuleList([block])
+        torch._dynamo.reset()
+        configure_blocks(holder, True, None, selective=True, compile_blocks=compiled)
+        video = torch.randn(2, 2048, 256, device="cuda")
+        text = torch.randn(2, 226, 256, device="cuda")
+        temb = torch.randn(2, 64, device="cuda")
+        freqs = tuple(f.cuda() for f in rope_freqs(2048, 64))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out, text_out = block(video, text, temb, image_rotary_emb=freqs)
+        loss = out.float().square().mean() + text_out.float().square().mean()
+        loss.backward()
+        return [loss.detach()] + [p.grad for p in block.parameters() if p.grad is not None]
+
+    try:
+        compiled, eager = block_grads(True), block_grads(False)
+    finally:
+        torch._dynamo.reset()
+    assert len(compiled) == len(eager) > 1
+    assert all(rel(a, b) < 2e-2 for a, b in zip(compiled, eager))

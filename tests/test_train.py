@@ -305,6 +305,37 @@ def test_selective_checkpointing_changes_memory_not_results(tiny_model, cache, t
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
 
 
+def test_attention_option_takes_kernels_with_a_backward():
+    assert load_config(None, ["model=m", "cache=c", "out=o"]).attention == "auto"
+    assert load_config(None, ["model=m", "cache=c", "out=o", "attention=fa4"]).attention == "fa4"
+    with pytest.raises(ConfigError, match="attention must be one of auto, sdpa, fa4, got 'fa3'"):
+        load_config(None, ["model=m", "cache=c", "out=o", "attention=fa3"])
+
+
+def test_fa4_on_the_cpu_trains_the_sdpa_losses_with_the_fallback_line(tiny_model, cache, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="ophora.core.attention"):
+        fa4 = train(tiny_config(tiny_model, cache, tmp_path / "fa4", "steps=2", "export=false", "attention=fa4"))
+    assert [r.getMessage() for r in caplog.records if r.name == "ophora.core.attention"] == [
+        "attention kernel: sdpa (fa4 requested, not a CUDA device; falling back to the exact default)"]
+    sdpa = train(tiny_config(tiny_model, cache, tmp_path / "sdpa", "steps=2", "export=false", "attention=sdpa"))
+    assert losses(fa4) == losses(sdpa)
+
+
+def test_fa4_processor_trains_the_stock_losses_with_a_stand_in_kernel(tiny_model, cache, tmp_path, monkeypatch, caplog,
+                                                                      with_fake_fa4):
+    """The fa4 path (our processor, the custom ops' autograd, selective checkpointing) with FA4's kernels replaced
+    by plain fp32 math: the stock processor's losses."""
+    from ophora.train import blocks
+
+    monkeypatch.setitem(blocks.AUTOCAST_DTYPES, "no", torch.bfloat16)  # the stand-in runs fp32: let fa4 be chosen
+    with caplog.at_level(logging.INFO, logger="ophora.core.attention"):
+        fa4 = train(tiny_config(tiny_model, cache, tmp_path / "fa4", "steps=3", "export=false", "attention=fa4",
+                                "gradient_checkpointing=true", "selective_checkpointing=true"))
+    chosen = [r.getMessage() for r in caplog.records if r.name == "ophora.core.attention"]
+    assert len(chosen) == 1 and chosen[0].startswith("attention kernel: fa4 (FlashAttention-4")
+    stock = train(tiny_config(tiny_model, cache, tmp_path / "stock", "steps=3", "export=false", "attention=sdpa"))
+    np.testing.assert_allclose(losses(fa4), losses(stock), rtol=1e-5)
+
 
 def test_fp8_linears_without_a_float8_gpu_falls_back_to_the_exact_bf16_path(tiny_model, cache, tmp_path, caplog):
     from ophora.train.fp8 import fp8_unavailable
@@ -341,11 +372,12 @@ def test_fp8_conversion_takes_only_block_attention_and_ff_linears_of_multiples_o
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
 
 
-def test_selective_checkpointing_runs_attention_once_per_block(tiny_model):
+@pytest.mark.parametrize("kernel", ["sdpa", "fa4"])
+def test_selective_checkpointing_runs_attention_once_per_block(tiny_model, with_fake_fa4, kernel):
     from diffusers import CogVideoXTransformer3DModel
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from ophora.train.blocks import ATTENTION_OPS, configure_blocks
+    from ophora.train.blocks import ATTENTION_OPS, configure_attention, configure_blocks
 
     class CountAttention(TorchDispatchMode):
         calls = 0
@@ -356,6 +388,7 @@ def test_selective_checkpointing_runs_attention_once_per_block(tiny_model):
 
     def attention_calls(selective: bool) -> int:
         model = CogVideoXTransformer3DModel.from_pretrained(tiny_model / "transformer")
+        assert configure_attention(model, kernel, "cpu", "bf16") == kernel  # fa4: the stand-in kernel
         configure_blocks(model, True, None, selective)
         CountAttention.calls = 0
         with CountAttention():

@@ -1,4 +1,4 @@
-"""The trainer on a GPU (skipped without one): fp16/bf16 mixed precision and the speed switches."""
+"""The trainer on a GPU (skipped without one): fp16/bf16 mixed precision, the speed switches and the fa4 kernel."""
 
 from __future__ import annotations
 
@@ -64,3 +64,34 @@ def test_fp8_linears_train_near_the_bf16_losses_and_export_plain_weights(tiny_mo
     weights = "final/transformer/diffusion_pytorch_model.safetensors"
     with safe_open(tmp_path / "plain" / weights, "pt") as a, safe_open(tmp_path / "fp8" / weights, "pt") as b:
         assert set(a.keys()) == set(b.keys())  # the export is a plain diffusers transformer
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory) -> tuple[Path, Path]:
+    """A random model with CogVideoX's head size (3 heads of 64) and a cache made with it."""
+    from ophora.synthetic.random_pipeline import make_random_model
+
+    model = make_random_model(tmp_path_factory.mktemp("mini-model"), size="mini")
+    dataset = write_synthetic_dataset(tmp_path_factory.mktemp("mini-dataset"), bad=False)
+    out = tmp_path_factory.mktemp("mini-cache") / "cache"
+    prepare(PrepareConfig(dataset=dataset, model=str(model), out=out, **SMALL))
+    return model, out
+
+
+def test_fa4_trains_the_sdpa_losses_compiled_and_selectively_checkpointed(mini, tmp_path, caplog):
+    import logging
+
+    from ophora.core.attention import fa4_unavailable
+
+    if (missing := fa4_unavailable("cuda")) is not None:
+        pytest.skip(f"FlashAttention-4 cannot run here: {missing}")
+    model, cache = mini
+    fast = ("mixed_precision=bf16", "allow_tf32=false", "gradient_checkpointing=true", "selective_checkpointing=true",
+            "checkpoint_blocks=4", "compile_blocks=true")
+    sdpa = run(model, cache, tmp_path / "sdpa", *fast, "attention=sdpa")
+    with caplog.at_level(logging.INFO, logger="ophora.core.attention"):
+        fa4 = run(model, cache, tmp_path / "fa4", *fast, "attention=auto")
+    assert [r.getMessage() for r in caplog.records if r.name == "ophora.core.attention"][0].startswith(
+        "attention kernel: fa4 (")
+    assert np.isfinite(fa4).all()
+    np.testing.assert_allclose(fa4, sdpa, rtol=2e-2)  # bf16 kernels: close, not equal

@@ -1,31 +1,37 @@
-"""CogVideoX attention with a choice of kernel: FlashAttention-3 on Hopper when present, else PyTorch SDPA.
+"""CogVideoX attention with a choice of kernel: FlashAttention-3 or -4 on Hopper when present, else PyTorch SDPA.
 
 diffusers' CogVideoX processors call `scaled_dot_product_attention` directly, so the kernel cannot be swapped
 from outside. `CogVideoXAttention` is the same computation (text and video tokens attend jointly, LayerNorm
 on queries and keys, RoPE on the video tokens only, one output projection) in the token-major layout
-(batch, tokens, heads, head_dim) that FlashAttention-3 takes without transposes, calling one of:
+(batch, tokens, heads, head_dim) that FlashAttention takes without transposes, calling one of:
 
 - ``sdpa``: `torch.nn.functional.scaled_dot_product_attention` (cuDNN on Hopper, the stock path's kernel);
 - ``fa3``: FlashAttention-3's forward from the ``fa3-fwd`` package (`fa3_fwd_interface`), SM90 only, bf16;
 - ``fp8``: the same FA3 kernel with FP8 (e4m3) operands, per-(sample, head) scales and keys centred over
-  the tokens first (softmax is unchanged by that, and the centred keys quantize better). Inexact: opt-in.
+  the tokens first (softmax is unchanged by that, and the centred keys quantize better). Inexact: opt-in;
+- ``fa4``: FlashAttention-4 from the ``flash-attn-4`` package (CuTe DSL, SM90 and SM100), forward and
+  backward, as custom ops (core/fa4.py); exact (bf16/fp16 rounding only).
 
-`choose_kernel("auto", device)` picks fa3 where it imports and the GPU is SM90, else sdpa, and says which in
-one log line; a requested kernel that cannot run falls back to sdpa (with the reason in that line).
-Training can use the same processor: sdpa has a backward, the fa3 package ships the forward only.
+`choose_kernel("auto", device)` picks, for sampling, fa3 where it imports and the GPU is SM90, else sdpa; for
+training (`training=True`: kernels with a backward only) fa4 where it runs, else sdpa. It says which in one
+log line; a requested kernel that cannot run falls back to sdpa (with the reason in that line).
 """
 
 from __future__ import annotations
 
 import logging
+
 import torch
 import torch.nn.functional as F
 
+from ophora.core.fa4 import fa4_attention, fa4_interface
+
 log = logging.getLogger(__name__)
 
-KERNELS = ("sdpa", "fa3", "fp8")
+KERNELS = ("sdpa", "fa3", "fp8", "fa4")
 CHOICES = ("auto", *KERNELS)
-EXACT = ("sdpa", "fa3")
+TRAIN_CHOICES = ("auto", "sdpa", "fa4")  # the kernels with a backward
+EXACT = ("sdpa", "fa3", "fa4")
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
@@ -57,25 +63,46 @@ def fa3_unavailable(device: str | torch.device) -> str | None:
     return op if isinstance(op, str) else None
 
 
+def fa4_unavailable(device: str | torch.device) -> str | None:
+    """Why FlashAttention-4 cannot run on `device` (None when it can)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return "not a CUDA device"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) not in ((9, 0), (10, 0)):
+        return f"GPU is SM{major}{minor}, this FlashAttention-4 build is for SM90 (Hopper) and SM100 (Blackwell)"
+    interface = fa4_interface()
+    return interface if isinstance(interface, str) else None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def choose_kernel(requested: str, device: str | torch.device, dtype: torch.dtype = torch.bfloat16,
-                  announce: bool = True) -> str:
-    """The kernel to use for `requested` ('auto', 'sdpa', 'fa3' or 'fp8') on `device` for a model in `dtype`,
-    with one log line naming it."""
-    if requested not in CHOICES:
-        raise ValueError(f"attention must be one of {', '.join(CHOICES)}, got {requested!r}")
+                  announce: bool = True, training: bool = False) -> str:
+    """The kernel to use for `requested` on `device` for attention in `dtype` (the model's, or in training the
+    autocast dtype), with one log line naming it. Sampling takes 'auto', 'sdpa', 'fa3', 'fp8' or 'fa4' (auto:
+    fa3, else sdpa); training (`training`) 'auto', 'sdpa' or 'fa4' (auto: fa4, else sdpa)."""
+    allowed = TRAIN_CHOICES if training else CHOICES
+    if requested not in allowed:
+        raise ValueError(f"attention must be one of {', '.join(allowed)}, got {requested!r}")
     if requested == "sdpa":
-        kernel, why = "sdpa", "requested"
+        kernel, missing, why = "sdpa", None, "requested"
+    elif requested == "fa4" or training:
+        kernel, missing = "fa4", fa4_unavailable(device)
+        if missing is None and dtype not in (torch.bfloat16, torch.float16):
+            missing = f"FlashAttention-4 runs bf16 or fp16, the attention is {_dtype_name(dtype)}"
+        why = "FlashAttention-4 (flash-attn-4, CuTe DSL) forward and backward"
     else:
-        missing = fa3_unavailable(device)
+        kernel, missing = ("fa3" if requested in ("auto", "fa3") else "fp8"), fa3_unavailable(device)
         if missing is None and dtype != torch.bfloat16:
-            missing = f"the fa3-fwd build runs bf16 only, the model is {str(dtype).removeprefix('torch.')}"
-        if missing is None:
-            kernel = "fa3" if requested in ("auto", "fa3") else "fp8"
-            why = "FlashAttention-3 (fa3-fwd) on SM90" + (", FP8 operands with per-head scales (inexact)"
-                                                         if kernel == "fp8" else "")
-        else:
-            kernel = "sdpa"
-            why = missing if requested == "auto" else f"{requested} requested, {missing}; falling back to the exact default"
+            missing = f"the fa3-fwd build runs bf16 only, the model is {_dtype_name(dtype)}"
+        why = "FlashAttention-3 (fa3-fwd) on SM90" + (", FP8 operands with per-head scales (inexact)"
+                                                     if kernel == "fp8" else "")
+    if missing is not None:
+        kernel = "sdpa"
+        why = missing if requested == "auto" else f"{requested} requested, {missing}; falling back to the exact default"
     if announce:
         log.info("attention kernel: %s (%s)", kernel, why)
     return kernel
@@ -103,6 +130,12 @@ def _fa3(q, k, v, scale):
     return _fa3_forward()(q, k, v, softmax_scale=scale, causal=False)[0]
 
 
+def _fa4(q, k, v, scale):
+    # under autocast the LayerNorms leave q and k in fp32 and v comes from a linear in the autocast dtype;
+    # autocast does not reach custom ops, so cast here as SDPA's autocast rule does
+    return fa4_attention(q.to(v.dtype), k.to(v.dtype), v, scale)
+
+
 def _fp8_cast(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`x` (batch, tokens, heads, dim) as e4m3 with one scale per (batch, head); returns (x8, descale)."""
     amax = x.abs().amax(dim=(1, 3)).float().clamp(min=1e-6)  # (batch, heads)
@@ -126,6 +159,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str = "
         return _fa3(q, k, v, scale)
     if kernel == "fp8":
         return _fp8(q, k, v, scale)
+    if kernel == "fa4":
+        return _fa4(q, k, v, scale)
     return _sdpa(q, k, v, scale)
 
 

@@ -1,4 +1,9 @@
-"""Speed switches on the transformer's blocks: (selective) activation checkpointing and regional compilation.
+"""Speed switches on the transformer's blocks: the attention kernel, (selective) activation checkpointing and
+regional compilation.
+
+`configure_attention` picks the training attention kernel (`attention: auto|sdpa|fa4`; auto: FlashAttention-4
+where it runs, core/fa4.py, else SDPA). fa4 installs ophora's `CogVideoXAttention` processor; sdpa keeps
+diffusers' stock processor (SDPA, cuDNN on Hopper, forward and backward), the path measured before fa4.
 
 Checkpointing every block recomputes the whole forward pass in the backward pass: a third more work, of
 which attention is more than half at 49x480x720 (17,776 video tokens). `selective_checkpointing` keeps the
@@ -19,11 +24,24 @@ from functools import partial
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from ophora.core.attention import CogVideoXAttention, choose_kernel
+from ophora.core.fa4 import FA4_FORWARD
+
 log = logging.getLogger(__name__)
 ATTENTION_OPS = {getattr(torch.ops.aten, name).default for name in (
     "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
     "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu",
-) if hasattr(torch.ops.aten, name)}
+) if hasattr(torch.ops.aten, name)} | {FA4_FORWARD}
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}  # mixed_precision -> dtype
+
+
+def configure_attention(transformer, requested: str, device: str | torch.device, mixed_precision: str) -> str:
+    """Install the training attention kernel chosen for `requested` on `device` (one log line; call before
+    `configure_blocks`, which compiles); returns the kernel's name."""
+    kernel = choose_kernel(requested, device, AUTOCAST_DTYPES[mixed_precision], training=True)
+    if kernel != "sdpa":
+        transformer.set_attn_processor(CogVideoXAttention(kernel))
+    return kernel
 
 
 def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from ophora.core.attention import TRAIN_CHOICES
 from ophora.core.config import apply_values
 from ophora.core.errors import ConfigError
 from ophora.core.models import frames_problem
@@ -58,6 +59,7 @@ class TrainConfig:
     selective_checkpointing: bool = False  # keep attention outputs instead of recomputing them (see train/blocks.py)
     compile_blocks: bool = False       # torch.compile each transformer block
     fp8_linears: bool = False          # float8 matmuls in the blocks' linears (torchao, SM89+ GPU; else bf16: train/fp8.py)
+    attention: str = "auto"            # auto | sdpa | fa4 (FlashAttention-4, exact; auto: fa4 where it runs, else sdpa)
     allow_tf32: bool = True
     seed: int = 42
     # bookkeeping
@@ -77,7 +79,8 @@ class TrainConfig:
     def identity(self) -> dict:
         """The settings a run's result depends on; a run folder may only be resumed with the same ones."""
         free = {"out", "steps", "num_workers", "checkpoint_blocks", "selective_checkpointing", "compile_blocks",
-                "fp8_linears", "log_every", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_prompts",
+                "fp8_linears", "attention", "log_every", "checkpoint_every", "keep_checkpoints", "validate_every",
+                "validation_prompts",
                 "validation_frames", "validation_height", "validation_width", "validation_steps", "validation_guidance",
                 "export", "stop_at_step"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
@@ -88,7 +91,8 @@ class TrainConfig:
             if not getattr(self, name):
                 raise ConfigError(f"config key {name!r} is required")
         choices = {"optimizer": ("adamw", "adamw8bit"), "timestep_sampling": ("stratified", "uniform"),
-                   "mode": ("full", "lora"), "mixed_precision": ("fp16", "bf16", "no")}
+                   "mode": ("full", "lora"), "mixed_precision": ("fp16", "bf16", "no"),
+                   "attention": TRAIN_CHOICES}
         from diffusers.optimization import SchedulerType
 
         choices["lr_schedule"] = tuple(s.value for s in SchedulerType)

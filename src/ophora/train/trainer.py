@@ -29,7 +29,7 @@ from ophora.core.latent_cache import (cache_state, cache_video_settings, intact_
 from ophora.core.models import TRAIN_RECORD, encoder_fingerprint, fingerprint, resolve_model
 from ophora.core.signals import Interrupted, die_with_parent, stop_requests
 from ophora.core.versions import versions
-from ophora.train.blocks import configure_blocks
+from ophora.train.blocks import configure_attention, configure_blocks
 from ophora.train.checkpoint import (TrainState, checkpoints, claim_run, resume, save_checkpoint, truncate_metrics,
                                      write_run_record)
 from ophora.train.config import TrainConfig
@@ -102,9 +102,10 @@ def make_accelerator(config: TrainConfig):
     )
 
 
-def load_transformer(model_dir: Path, config: TrainConfig):
-    """The transformer in fp32 (the master weights), with LoRA layers, FP8 linears, gradient checkpointing and
-    compilation as configured (float8 conversion comes before compilation, as torchao asks)."""
+def load_transformer(model_dir: Path, config: TrainConfig, device: torch.device):
+    """The transformer in fp32 (the master weights), with LoRA layers, FP8 linears, the attention kernel for
+    `device`, gradient checkpointing and compilation as configured (float8 conversion and the kernel come before
+    compilation, as torchao asks)."""
     from diffusers import CogVideoXTransformer3DModel
 
     transformer = CogVideoXTransformer3DModel.from_pretrained(model_dir / "transformer", torch_dtype=torch.float32)
@@ -116,6 +117,7 @@ def load_transformer(model_dir: Path, config: TrainConfig):
         transformer.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights=True,
                                            target_modules=config.lora_targets))
     apply_fp8_linears(transformer, config.fp8_linears)
+    configure_attention(transformer, config.attention, device, config.mixed_precision)
     configure_blocks(transformer, config.gradient_checkpointing, config.checkpoint_blocks,
                      config.selective_checkpointing, config.compile_blocks)
     return transformer.train()
@@ -217,7 +219,7 @@ def train(config: TrainConfig) -> Path:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.allow_tf32
 
     # 2. model, optimizer, schedule
-    transformer = load_transformer(model_dir, config)
+    transformer = load_transformer(model_dir, config, accelerator.device)
     check_model_fits_cache(transformer, info, entries)
     noise_scheduler = CogVideoXDDIMScheduler.from_pretrained(model_dir / "scheduler")
     params = [p for p in transformer.parameters() if p.requires_grad]
