@@ -1,13 +1,16 @@
 """Kernel-level check of ophora's CogVideoX attention on the GPU, at the published CogVideoX-2b size.
 
 1. Attention alone (B=2, 30 heads, 17,776 tokens, d=64): each kernel's time, TFLOP/s and error against an
-   fp64 reference (on the first 256 queries of every head).
+   fp64 reference (on the first 256 queries of every head); then, for the kernels with a backward (cuDNN SDPA,
+   and FlashAttention-4 where it runs), forward and forward+backward at the training shape (B=1), with the
+   gradients' difference from SDPA's. `--kernels-only` stops here (no diffusers needed).
 2. One CFG denoise step of the random 2b transformer: stock diffusers (separate projections, its processor),
    ours with each kernel, and ours with the blocks compiled (compile time reported); each step's output error
    against an fp32 step on the same (bf16-rounded) weights.
 3. VAE decode of one video's latents with and without cuDNN's conv autotuning (`cudnn.benchmark`).
 
     python benchmarks/attention_gpu.py --out $OUT        # writes attention_gpu.json (+ compile_cache.bin)
+    python benchmarks/attention_gpu.py --out $OUT --kernels-only   # part 1 only (benchmarks/gpu_fa4.sh)
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ophora.core.attention import CogVideoXAttention, attention, choose_kernel, fa3_unavailable  # noqa: E402
-from ophora.sample.speed import compile_blocks, uncompile_blocks  # noqa: E402
+from ophora.core.attention import (CogVideoXAttention, attention, choose_kernel, fa3_unavailable,  # noqa: E402
+                                   fa4_unavailable)
 
 
 def timed(fn, warm=2, n=5) -> float:
@@ -59,20 +62,54 @@ def kernels_alone(res: dict, kernels: list[str]) -> None:
         print(kernel, res[f"attn_{kernel}"], flush=True)
 
 
+def kernels_fwd_bwd(res: dict, kernels: list[str]) -> None:
+    """Forward and forward+backward (gradients of q, k and v) at the training shape: one 49x480x720 video."""
+    B, S, H, D = 1, 17776, 30, 64
+    g = torch.Generator("cuda").manual_seed(2)
+    q, k, v, dout = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(4))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    flops = 4 * B * H * S * S * D  # forward; the backward does 2.5 times as much
+
+    def fwd_bwd(kernel):
+        return torch.autograd.grad(attention(q, k, v, kernel), (q, k, v), dout)
+
+    reference = fwd_bwd("sdpa")
+    for kernel in kernels:
+        with torch.no_grad():
+            fwd = timed(lambda kernel=kernel: attention(q, k, v, kernel), warm=3, n=10)
+        both = timed(lambda kernel=kernel: fwd_bwd(kernel), warm=3, n=10)
+        grads = fwd_bwd(kernel)
+        res[f"train_attn_{kernel}"] = {
+            "fwd_ms": fwd * 1e3, "fwd_tflops": flops / fwd / 1e12, "fwd_bwd_ms": both * 1e3,
+            "fwd_bwd_tflops": 3.5 * flops / both / 1e12,
+            "grad_rel_diff_vs_sdpa": {n: rel(a, b) for n, a, b in zip(("dq", "dk", "dv"), grads, reference)}}
+        print(f"train {kernel}", res[f"train_attn_{kernel}"], flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--compile-modes", default="default,max-autotune-no-cudagraphs")
+    p.add_argument("--kernels-only", action="store_true", help="only the attention kernels alone (part 1)")
     a = p.parse_args()
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "fa3_unavailable": fa3_unavailable("cuda"), "auto_kernel": choose_kernel("auto", "cuda")}
-    kernels = ["sdpa"] + (["fa3", "fp8"] if res["auto_kernel"] == "fa3" else [])
+           "fa3_unavailable": fa3_unavailable("cuda"), "fa4_unavailable": fa4_unavailable("cuda"),
+           "auto_kernel": choose_kernel("auto", "cuda"), "train_auto_kernel": choose_kernel("auto", "cuda", training=True)}
+    with_fa4 = ["fa4"] if res["fa4_unavailable"] is None else []
+    kernels = ["sdpa"] + (["fa3", "fp8"] if res["auto_kernel"] == "fa3" else []) + with_fa4
     kernels_alone(res, kernels)
+    kernels_fwd_bwd(res, ["sdpa", *with_fa4])
+    if a.kernels_only:
+        print(json.dumps(res, indent=1))
+        Path(a.out, "attention_gpu_kernels.json").write_text(json.dumps(res, indent=1))
+        return
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+
+    from ophora.sample.speed import compile_blocks, uncompile_blocks
 
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -99,7 +136,7 @@ def main() -> None:
     print("stock", res["step_stock"], flush=True)
     tr.fuse_qkv_projections()
     modes = a.compile_modes.split(",")
-    best = kernels[-2] if len(kernels) > 1 else kernels[0]  # fa3 where present
+    best = "fa3" if "fa3" in kernels else "sdpa"
     variants = [(k, None) for k in kernels]
     if not a.no_compile:
         variants += [(best, m) for m in modes] + [(k, modes[0]) for k in kernels if k not in ("sdpa", best)]

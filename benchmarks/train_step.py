@@ -8,11 +8,13 @@ N of 30 blocks). It picks the fastest setting whose peak memory is at most the s
 largest batch that fits the GPU. Speed does not depend on weight values, so random weights give real timings.
 
 With torchao importable (carry its wheel) on an SM89+ GPU it also tries the fastest setting with torchao's
-float8 training for the blocks' linear layers (`fp8_linears`, src/ophora/train/fp8.py). Attention runs PyTorch SDPA (cuDNN) forward and
-backward. Writes train_step_<gpu>.json (train_step_h200.json on an H200) with speedup_vs_stock, peak_gib and
-stock_peak_gib.
+float8 training for the blocks' linear layers (`fp8_linears`, src/ophora/train/fp8.py). Attention runs diffusers'
+processor with PyTorch SDPA (cuDNN) forward and backward, except in the variants with attention fa4: where
+FlashAttention-4 runs (flash-attn-4 importable on SM90/SM100: benchmarks/gpu_fa4.sh installs it) the fastest
+setting is measured again with it (src/ophora/core/fa4.py), and with it and fp8 linears. Writes
+train_step_<gpu>.json (train_step_h200.json on an H200) with speedup_vs_stock, peak_gib and stock_peak_gib.
 
-    python benchmarks/train_step.py [--tiny] [--stock-json $OUT/stock.json] [--no-compile] [--no-fp8]   # to $OUT
+    python benchmarks/train_step.py [--tiny] [--stock-json $OUT/stock.json] [--no-compile] [--no-fp8] [--no-fa4]
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ophora.train.blocks import configure_blocks  # noqa: E402
+from ophora.core.attention import fa4_unavailable  # noqa: E402
+from ophora.train.blocks import configure_attention, configure_blocks  # noqa: E402
 from ophora.train.config import TrainConfig  # noqa: E402
 from ophora.train.fp8 import fp8_unavailable, to_fp8_linears  # noqa: E402
 from ophora.train.trainer import diffusion_loss, make_optimizer  # noqa: E402
@@ -104,7 +107,8 @@ def stock_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, warm: int
 
 
 def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int, checkpoint_blocks: int | None,
-              selective: bool, compile_blocks: bool, warm: int, n: int, fp8: bool = False) -> dict:
+              selective: bool, compile_blocks: bool, warm: int, n: int, fp8: bool = False,
+              attention: str = "sdpa") -> dict:
     """The trainer's step (accelerate, diffusion_loss, clipping, fused AdamW) with the given switches."""
     from accelerate import Accelerator
     from diffusers import CogVideoXDDIMScheduler
@@ -112,14 +116,16 @@ def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int
     from ophora.synthetic.random_pipeline import SCHEDULER_CONFIG
 
     name = (f"ours ckpt={'all' if checkpoint_blocks is None else checkpoint_blocks} selective={int(selective)} "
-            f"compile={int(compile_blocks)} batch={batch}" + (" fp8-linears" if fp8 else ""))
+            f"compile={int(compile_blocks)} batch={batch}" + (" fp8-linears" if fp8 else "") +
+            (f" attention={attention}" if attention != "sdpa" else ""))
     config = TrainConfig(model="-", cache="-", out="-", mixed_precision="bf16" if CUDA else "no", batch_size=batch,
                          checkpoint_blocks=checkpoint_blocks, selective_checkpointing=selective,
-                         compile_blocks=compile_blocks, posterior_draws=True)
+                         compile_blocks=compile_blocks, posterior_draws=True, attention=attention)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not CUDA)
     torch._dynamo.reset()  # each setting compiles afresh, as in one training run
     model = build(cfg)
     fp8_layers = to_fp8_linears(model) if fp8 else 0
+    kernel = configure_attention(model, attention, DEVICE, config.mixed_precision)  # the one it runs, after fallback
     configure_blocks(model, True, checkpoint_blocks, selective, compile_blocks)
     params, model_config = list(model.parameters()), model.config
     opt = make_optimizer(params, config)
@@ -142,12 +148,12 @@ def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int
         seconds, peak = timed(step, warm + (4 if compile_blocks else 0), n)  # compilation and recompilations
         flops = forward_flops(accelerator.unwrap_model(model), h, w, f, text)
         result = {"name": name, "batch": batch, "checkpoint_blocks": checkpoint_blocks, "selective": selective,
-                  "compile": compile_blocks, "fp8": fp8, "fp8_linears": fp8_layers, "step_s": seconds,
+                  "compile": compile_blocks, "fp8": fp8, "fp8_linears": fp8_layers, "attention": kernel, "step_s": seconds,
                   "samples_per_s": batch / seconds, "peak_gib": peak,
                   "model_tflops": 3 * flops * batch / seconds / 1e12}
     except torch.OutOfMemoryError:
         result = {"name": name, "batch": batch, "checkpoint_blocks": checkpoint_blocks, "selective": selective,
-                  "compile": compile_blocks, "fp8": fp8, "oom": True}
+                  "compile": compile_blocks, "fp8": fp8, "attention": kernel, "oom": True}
     release(model, opt)
     accelerator.free_memory()
     print(json.dumps(result), flush=True)
@@ -155,9 +161,9 @@ def ours_step(cfg: dict, h: int, w: int, f: int, text: int, dim: int, batch: int
 
 
 def isolated(args: argparse.Namespace, batch: int, checkpoint_blocks: int | None, selective: bool,
-             compile_blocks: bool, warm: int, n: int, fp8: bool = False) -> dict:
+             compile_blocks: bool, warm: int, n: int, fp8: bool = False, attention: str = "sdpa") -> dict:
     """`ours_step` in a fresh process, so no variant inherits another's allocations or compiled graphs."""
-    spec = f"{batch}:{checkpoint_blocks}:{int(selective)}:{int(compile_blocks)}:{warm}:{n}:{int(fp8)}"
+    spec = f"{batch}:{checkpoint_blocks}:{int(selective)}:{int(compile_blocks)}:{warm}:{n}:{int(fp8)}:{attention}"
     cmd = [sys.executable, __file__, "--one", spec, "--out", args.out] + (["--tiny"] if args.tiny else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
@@ -165,7 +171,8 @@ def isolated(args: argparse.Namespace, batch: int, checkpoint_blocks: int | None
         print(f"variant {spec} failed:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
         errors = [ln.strip() for ln in done.stderr.splitlines() if "Error" in ln] or ["no result line"]
         line = json.dumps({"name": f"ours {spec}", "batch": batch, "checkpoint_blocks": checkpoint_blocks,
-                           "selective": selective, "compile": compile_blocks, "fp8": fp8, "error": errors[-1][:300]})
+                           "selective": selective, "compile": compile_blocks, "fp8": fp8, "attention": attention,
+                           "error": errors[-1][:300]})
     else:
         line = lines[-1]
     print(line, flush=True)
@@ -179,7 +186,7 @@ def largest_batch(a: argparse.Namespace, best: dict, variants: list[dict]) -> di
     """The largest batch of the best setting that fits the GPU: doubling, then bisection."""
     def fits(batch: int) -> dict | None:
         result = isolated(a, batch, best["checkpoint_blocks"], best["selective"], best["compile"], 1, 1,
-                          best.get("fp8", False))
+                          best.get("fp8", False), best.get("attention", "sdpa"))
         variants.append(result)
         return None if result.get("oom") or result.get("error") else result
 
@@ -202,10 +209,10 @@ def largest_batch(a: argparse.Namespace, best: dict, variants: list[dict]) -> di
 
 
 def run_one(spec: str, tiny: bool) -> None:
-    batch, ckpt, selective, compile_blocks, warm, n, fp8 = spec.split(":")
+    batch, ckpt, selective, compile_blocks, warm, n, fp8, attention = spec.split(":")
     cfg, h, w, f, text, dim = shapes(tiny)
     ours_step(cfg, h, w, f, text, dim, int(batch), None if ckpt == "None" else int(ckpt), selective == "1",
-              compile_blocks == "1", int(warm), int(n), fp8 == "1")
+              compile_blocks == "1", int(warm), int(n), fp8 == "1", attention)
 
 
 def release(*objects) -> None:
@@ -223,13 +230,14 @@ def main() -> None:
     p.add_argument("--stock-json", help="stock.json of stock_cogvideox.py --parts train from the same run (reported beside)")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--no-fp8", action="store_true", help="skip the torchao float8-linears variant")
+    p.add_argument("--no-fa4", action="store_true", help="skip the FlashAttention-4 variants")
     p.add_argument("--checkpoint-blocks", default="27,24,20", help="numbers of checkpointed blocks to try, fewest last")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--quick", action="store_true",
                    help="skip the fully checkpointed settings without selective checkpointing (slower on H100 and H200)")
     p.add_argument("--warm", type=int, default=2)
     p.add_argument("--n", type=int, default=4)
-    p.add_argument("--one", help=argparse.SUPPRESS)  # batch:ckpt:selective:compile:warm:n, used by isolated()
+    p.add_argument("--one", help=argparse.SUPPRESS)  # batch:ckpt:selective:compile:warm:n:fp8:attention (isolated())
     p.add_argument("--batch-search", metavar="CKPT:SELECTIVE:COMPILE",
                    help="only find the largest batch of this setting (e.g. 27:1:1), written to train_batch.json")
     a = p.parse_args()
@@ -272,8 +280,15 @@ def main() -> None:
             (budget is None or v["peak_gib"] <= budget)]
     best = max(fits, key=lambda v: v["samples_per_s"])
     fp8_missing = "--no-fp8" if a.no_fp8 else fp8_unavailable()
-    if fp8_missing is None:  # the fastest setting again, with torchao's float8 linears
-        result = isolated(a, 1, best["checkpoint_blocks"], best["selective"], best["compile"], a.warm, a.n, True)
+    fa4_missing = "--no-fa4" if a.no_fa4 else fa4_unavailable(DEVICE)
+    sdpa_best = best
+    tries = [(fp8_missing is None, True, "sdpa"), (fa4_missing is None, False, "fa4"),  # the fastest SDPA setting
+             (fp8_missing is None and fa4_missing is None, True, "fa4")]              # with fp8 linears and/or fa4
+    for wanted, fp8, attention in tries:
+        if not wanted:
+            continue
+        result = isolated(a, 1, sdpa_best["checkpoint_blocks"], sdpa_best["selective"], sdpa_best["compile"], a.warm,
+                          a.n, fp8, attention)
         variants.append(result)
         if not result.get("oom") and not result.get("error") and \
                 (budget is None or result["peak_gib"] <= budget) and result["samples_per_s"] > best["samples_per_s"]:
@@ -288,8 +303,9 @@ def main() -> None:
         "best": best["name"], "largest_batch": largest and {"batch": largest["batch"], "samples_per_s": largest["samples_per_s"],
                                                             "peak_gib": largest["peak_gib"]},
         "variants": [stock, *variants], "fp8_linears": fp8_missing or "measured (variants with fp8 true)",
-        "attention_backward": "PyTorch SDPA (cuDNN) forward and backward: the fa3-fwd package has no backward, and "
-                              "FA3's forward with SDPA's backward is not built (needs checking on the GPU)",
+        "fa4": fa4_missing or "measured (variants with attention fa4)",
+        "attention_backward": "SDPA (cuDNN) forward and backward, or FlashAttention-4's in the fa4 variants (the fa3-fwd "
+                              "package has no backward)",
         "command": " ".join(sys.argv),
     }
     if a.stock_json and Path(a.stock_json).is_file():

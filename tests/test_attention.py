@@ -345,12 +345,12 @@ def _fa4_or_skip():
 
 
 @pytest.mark.gpu
-def test_gpu_fa4_output_and_grads_match_fp32_within_bf16_error():
+def test_gpu_fa4_output_and_grads_match_fp64_within_bf16_error():
     """At the CogVideoX-2b attention shape (30 heads of 64), error no larger than cuDNN SDPA's, forward and backward."""
     _fa4_or_skip()
     torch.manual_seed(0)
     q, k, v, dout = (torch.randn(2, 4096, 30, 64, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-    ref = _attention_grads(lambda *t: attention(*(x.double() for x in t), kernel="sdpa"), q, k, v, dout)
+    ref = _attention_grads(lambda *t: attention(*t, kernel="sdpa"), *(t.double() for t in (q, k, v, dout)))
     fa4 = _attention_grads(lambda *t: attention(*t, kernel="fa4"), q, k, v, dout)
     sdpa = _attention_grads(lambda *t: attention(*t, kernel="sdpa"), q, k, v, dout)
     for name, ours, cudnn, exact in zip(("out", "dq", "dk", "dv"), fa4, sdpa, ref):
@@ -390,4 +390,5 @@ def test_gpu_compiled_block_with_fa4_matches_eager():
     finally:
         torch._dynamo.reset()
     assert len(compiled) == len(eager) > 1
-    assert all(rel(a, b) < 2e-2 for a, b in zip(compiled, eager))
+    assert rel(compiled[0], eager[0]) < 1e-2  # the loss
+    assert rel(torch.cat([g.flatten() for g in compiled[1:]]), torch.cat([g.flatten() for g in eager[1:]])) < 2e-2
