@@ -287,9 +287,14 @@ def main() -> None:
     for wanted, fp8, attention in tries:
         if not wanted:
             continue
-        result = isolated(a, 1, sdpa_best["checkpoint_blocks"], sdpa_best["selective"], sdpa_best["compile"], a.warm,
-                          a.n, fp8, attention)
+        ckpt = sdpa_best["checkpoint_blocks"]
+        result = isolated(a, 1, ckpt, sdpa_best["selective"], sdpa_best["compile"], a.warm, a.n, fp8, attention)
         variants.append(result)
+        over = result.get("oom") or (budget is not None and (result.get("peak_gib") or 0) > budget)
+        if attention == "fa4" and over and ckpt is not None and ckpt < layers:  # FA4's backward workspace can tip
+            result = isolated(a, 1, ckpt + 1, sdpa_best["selective"], sdpa_best["compile"], a.warm, a.n, fp8,
+                              attention)                                       # a setting at the limit over it
+            variants.append(result)
         if not result.get("oom") and not result.get("error") and \
                 (budget is None or result["peak_gib"] <= budget) and result["samples_per_s"] > best["samples_per_s"]:
             best = result

@@ -14,9 +14,7 @@ Both call the package's `_flash_attn_fwd` / `_flash_attn_bwd` as its `FlashAttnF
 call, not with this module, so the ops (and their fake implementations) exist without it.
 """
 
-from __future__ import annotations
-
-import torch
+import torch  # no `from __future__ import annotations`: custom_op reads the annotations as its schema
 
 _FA4: dict = {}  # a plain dict, not lru_cache: torch.compile traces through the lookup without a graph break
 
