@@ -321,20 +321,27 @@ def test_fa4_on_the_cpu_trains_the_sdpa_losses_with_the_fallback_line(tiny_model
     assert losses(fa4) == losses(sdpa)
 
 
+# LoRA: 2 steps. Adam's first steps are of full size however small a gradient element is, so elements at the float
+# noise level step with noise-chosen signs; at this learning rate the third loss differs by ~0.4% between any two
+# exact paths (stock with and without checkpointing too)
+@pytest.mark.parametrize("mode", [["mode=full"], ["mode=lora", "lora_rank=4", "learning_rate=1e-2", "steps=2"]],
+                         ids=["full", "lora"])
 def test_fa4_processor_trains_the_stock_losses_with_a_stand_in_kernel(tiny_model, cache, tmp_path, monkeypatch, caplog,
-                                                                      with_fake_fa4):
-    """The fa4 path (our processor, the custom ops' autograd, selective checkpointing) with FA4's kernels replaced
-    by plain fp32 math: the stock processor's losses."""
+                                                                      with_fake_fa4, mode):
+    """The fa4 path (our processor, LoRA-wrapped projections too, the custom ops' autograd, selective checkpointing)
+    with FA4's kernels replaced by plain fp32 math: the stock processor's losses."""
     from ophora.train import blocks
 
     monkeypatch.setitem(blocks.AUTOCAST_DTYPES, "no", torch.bfloat16)  # the stand-in runs fp32: let fa4 be chosen
     with caplog.at_level(logging.INFO, logger="ophora.core.attention"):
         fa4 = train(tiny_config(tiny_model, cache, tmp_path / "fa4", "steps=3", "export=false", "attention=fa4",
-                                "gradient_checkpointing=true", "selective_checkpointing=true"))
+                                "gradient_checkpointing=true", "selective_checkpointing=true", *mode))
     chosen = [r.getMessage() for r in caplog.records if r.name == "ophora.core.attention"]
     assert len(chosen) == 1 and chosen[0].startswith("attention kernel: fa4 (FlashAttention-4")
-    stock = train(tiny_config(tiny_model, cache, tmp_path / "stock", "steps=3", "export=false", "attention=sdpa"))
+    stock = train(tiny_config(tiny_model, cache, tmp_path / "stock", "steps=3", "export=false", "attention=sdpa",
+                              *mode))
     np.testing.assert_allclose(losses(fa4), losses(stock), rtol=1e-5)
+    assert losses(stock)[0] != losses(stock)[-1]  # it trained
 
 
 def test_fp8_linears_without_a_float8_gpu_falls_back_to_the_exact_bf16_path(tiny_model, cache, tmp_path, caplog):
