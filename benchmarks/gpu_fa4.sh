@@ -22,9 +22,9 @@
 #          (one JSON line each; "peak_gib" must stay <= stock's 27.87)                                      ~2 min each
 # The wheel's .pth (which puts nvidia_cutlass_dsl/dsl_packages on sys.path) is not read from PYTHONPATH folders,
 # so that folder is on PYTHONPATH; FA4's on-disk kernel cache lets train_step's one-process-a-variant runs reuse
-# the JIT-compiled kernels.
+# the JIT-compiled kernels (FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=0 before the script turns that cache off).
 export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD/src PYTHONUNBUFFERED=1
-export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/fa4cache
+export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=${FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED:-1} FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/fa4cache
 PIP="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site"
 case "${STEP:?set STEP=a, b, c, d or e}" in
 a)
