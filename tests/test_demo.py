@@ -12,23 +12,8 @@ from scipy.stats import binom
 from ophora import cli
 from ophora.core.media import read_video
 from ophora.core.tables import slug
-from ophora.synthetic.phase_videos import EyeScene, render_phase
+from ophora.synthetic.phase_videos import colour_phase_classifier
 from ophora.synthetic.surgery_world import CATARACT1K_PHASES
-
-
-def colour_signature(frames: np.ndarray) -> np.ndarray:
-    """Share of the pixels in each of 64 coarse RGB cells: the phases differ by instrument and lens colour."""
-    q = np.asarray(frames).reshape(-1, 3) // 64
-    counts = np.bincount(q[:, 0] * 16 + q[:, 1] * 4 + q[:, 2], minlength=64).astype(float)
-    return counts / counts.sum()
-
-
-def phase_classifier():
-    """Nearest centroid over colour signatures, fitted on the world's own renders of each phase (6 eyes x 3 times)."""
-    centroids = np.stack([colour_signature(np.stack([render_phase(EyeScene(192, 128, seed=s), phase, t)
-                                                     for s in range(6) for t in (0.5, 1.5, 2.5)]))
-                          for phase in CATARACT1K_PHASES])
-    return lambda frames: CATARACT1K_PHASES[int(np.abs(centroids - colour_signature(frames)).sum(1).argmin())]
 
 
 def test_demo_shows_the_instructed_phases_runs_the_whole_path_and_resumes(tmp_path, capsys):
@@ -40,7 +25,7 @@ def test_demo_shows_the_instructed_phases_runs_the_whole_path_and_resumes(tmp_pa
     # the shipped model: each of the twelve videos shows the phase its instruction names, far above chance
     shown = list(csv.DictReader((out / "phases" / "manifest.csv").open()))
     assert len(shown) == 12
-    classify, right = phase_classifier(), 0
+    classify, right = colour_phase_classifier(), 0
     for row in shown:
         frames, fps = read_video(out / "phases" / row["path"])
         assert frames.shape == (9, 128, 192, 3) and fps == 8

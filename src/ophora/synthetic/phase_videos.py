@@ -380,6 +380,22 @@ def make_phase_cases(out: str | Path, cases: dict[str, list[str]], seconds: floa
     return out
 
 
+def colour_signature(frames: np.ndarray) -> np.ndarray:
+    """Share of the pixels in each of 64 coarse RGB cells: the phases differ by instrument and lens colour."""
+    q = np.asarray(frames).reshape(-1, 3) // 64
+    counts = np.bincount(q[:, 0] * 16 + q[:, 1] * 4 + q[:, 2], minlength=64).astype(float)
+    return counts / counts.sum()
+
+
+def colour_phase_classifier(width: int = 192, height: int = 128) -> Callable[[np.ndarray], str]:
+    """A phase classifier in seconds: nearest centroid over colour signatures, fitted on the world's own renders
+    of each phase (6 eyes x 3 times); it takes RGB frames (..., 3) and returns a phase name."""
+    centroids = np.stack([colour_signature(np.stack([render_phase(EyeScene(width, height, seed=s), phase, t)
+                                                     for s in range(6) for t in (0.5, 1.5, 2.5)]))
+                          for phase in CATARACT1K_PHASES])
+    return lambda frames: CATARACT1K_PHASES[int(np.abs(centroids - colour_signature(frames)).sum(1).argmin())]
+
+
 def make_generated_phase_videos(out: str | Path, counts: dict[str, int], seconds: float = 2.0, fps: float = 8.0,
                                 size: tuple[int, int] = (96, 72), seed: int = 1) -> Path:
     """Videos of single phases in `ophora sample`'s layout, clip ids naming the phase; returns `out`."""
