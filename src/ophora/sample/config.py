@@ -61,8 +61,9 @@ class SampleConfig:
     overwrite: bool = option(False, "redo videos that already exist")
     cfg_parallel: bool = option(False, "with torchrun: each pair of ranks shares one video, one CFG half each")
     attention: str = option("auto", "attention kernel: auto = FlashAttention-3 (fa3-fwd package) on Hopper GPUs, else "
-                            "PyTorch SDPA; fa3 and sdpa are exact; fp8 (FA3 with FP8 operands, per-head scales) is "
-                            "faster and inexact", choices=("auto", "fa3", "sdpa", "fp8"))
+                            "PyTorch SDPA; fa3, fa4 (FlashAttention-4, flash-attn-4 package, SM90/SM100) and sdpa are "
+                            "exact; fp8 (FA3 with FP8 operands, per-head scales) is faster and inexact",
+                            choices=("auto", "fa3", "fa4", "sdpa", "fp8"))
     compile: bool | None = option(None, "torch.compile the repeated transformer block (default: on with a CUDA GPU "
                                          "unless --lora is given, off on the CPU): faster steps, exact up to bf16 rounding; the first video "
                                          "pays the compiling (its time is logged), later runs load it from the "
