@@ -1,25 +1,24 @@
 """Positive control for the mini experiment's leakage figure: would `ophora evaluate` see an overlay that a model
 reproduced as faithfully as its own VAE can?
 
-The first mini run's TPT videos had leakage rate 0, so P2FT had nothing to remove: its VAE erased the world's thin
-captions and small logos. This script measures whether the world's overlays survive a mini VAE. On a fresh
-surgery world (seed 7; the mini run trains on seed 0) it takes a 17-frame window from the middle of every phase
-span, with or without an overlay over it (the world's ground truth), and scores with
-`evaluate.leakage.leakage_record` (the detector and settings `ophora evaluate` uses) (a) the window as rendered
-and (b) the window after an encode-decode round trip through the VAE of the given pipeline (default: the shipped
-demo model's, trained by the first mini run on a world with other overlays).
+The mini runs' TPT videos had leakage rate 0, so P2FT had nothing to remove. This script measures whether the
+world's overlays survive a mini VAE. On a fresh surgery world (seed 7; the mini run trains on seed 0) it takes a
+17-frame window from the middle of every phase span, with or without an overlay over it (the world's ground
+truth), and scores with `evaluate.leakage.leakage_record` (the detector and settings `ophora evaluate` uses) (a)
+the window as rendered and (b) the window after an encode-decode round trip through the VAE of the given pipeline
+(default: the shipped demo model's, which is the second H200 run's own VAE).
 
-A VAE representative of the next run's, which trains on frames that show the world's current overlays, cannot
-be trained from scratch on a CPU (a step of the mini VAE takes about 20 s there). `--finetune-steps N` instead
-first fine-tunes the given VAE for N steps on 9-frame, 64x96 crops of a training world (seed 0, half its videos
-with overlays): every crop that shows an overlay and as many clean ones (`synthetic.mini_model.train_vae`,
-batch 2). That shows it far fewer overlays than the mini run's VAE training does (1500 steps of 8 whole windows,
-about a fifth with an overlay), so it is the harder test. Writes benchmarks/results/leakage_control.json.
+`--finetune-steps N` first continues the given VAE for N steps on 9-frame, 64x96 crops of a training world (seed 0,
+half its videos with overlays): every crop that shows an overlay and as many clean ones
+(`synthetic.mini_model.train_vae`, batch 2, lr 2e-4), with `--edge-weight` times `mini_model.edge_loss` added to
+its loss: what more VAE training on overlaid frames, and the edge term, would change (a mini VAE trained from
+scratch takes about 20 s a step on a CPU). Writes benchmarks/results/leakage_control.json.
 
-    python benchmarks/leakage_control.py                      # the demo model's VAE as it is; minutes on a CPU
-    python benchmarks/leakage_control.py --finetune-steps 120  # fine-tuned first (26 minutes more on 2 busy cores)
-    python benchmarks/leakage_control.py --model /root/mini/model --out OUT/leakage_control.json
-        # a mini run's own VAE, once its `model` step is done: does that run's VAE carry the overlays?
+    python benchmarks/leakage_control.py --videos 16                    # the demo model's VAE; 6 minutes on a CPU
+    python benchmarks/leakage_control.py --videos 16 --finetune-steps 100 --edge-weight 1 \
+        --out benchmarks/results/leakage_control_edge.json              # continued first (4 minutes more)
+    python benchmarks/leakage_control.py --model /root/mini/p2ft/final --out OUT/leakage_control_run.json
+        # a mini run's own VAE (any pipeline folder of it has the VAE): does that run's VAE carry the overlays?
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ from ophora.synthetic.surgery_world import make_surgery_world
 
 FRAMES = 17
 CROP = (9, 64, 96)  # frames, height, width of the fine-tuning crops
-FINETUNE = {"videos": 16, "overlay_share": 0.5, "seed": 0, "batch": 2, "lr": 6e-4}
+FINETUNE = {"videos": 16, "overlay_share": 0.5, "seed": 0, "batch": 2, "lr": 2e-4}
 
 
 def windows(world: Path) -> list[dict]:
@@ -95,7 +94,7 @@ def overlay_crops(world: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return shown, clean
 
 
-def finetune(vae, steps: int, folder: Path) -> dict:
+def finetune(vae, steps: int, edge_weight: float, folder: Path) -> dict:
     """Fine-tune `vae` in place on the crops of a training world (see the module docstring); returns a record."""
     world = make_surgery_world(folder, videos=FINETUNE["videos"], size=(192, 128), fps=8.0,
                                overlay_share=FINETUNE["overlay_share"], seed=FINETUNE["seed"])
@@ -105,8 +104,9 @@ def finetune(vae, steps: int, folder: Path) -> dict:
     crops = torch.from_numpy(np.stack(shown + clean)).permute(0, 4, 1, 2, 3).contiguous()
     torch.manual_seed(0)  # the posterior draws
     start = time.perf_counter()
-    losses = train_vae(vae, crops, steps, FINETUNE["batch"], FINETUNE["lr"], torch.device("cpu"), seed=0)
-    return {**FINETUNE, "steps": steps, "crop": list(CROP), "crops_with_overlay": len(shown), "clean_crops": len(clean),
+    losses = train_vae(vae, crops, steps, FINETUNE["batch"], FINETUNE["lr"], torch.device("cpu"), seed=0,
+                       edge_weight=edge_weight)
+    return {**FINETUNE, "steps": steps, "edge_weight": edge_weight, "crop": list(CROP), "crops_with_overlay": len(shown), "clean_crops": len(clean),
             "first_loss": losses[0], "last_loss": losses[-1], "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7, help="world seed (the mini run trained on seed 0)")
     parser.add_argument("--finetune-steps", type=int, default=0, help="first fine-tune the VAE this many steps "
                         "on crops of a training world (see above; default 0: the VAE as it is)")
+    parser.add_argument("--edge-weight", type=float, default=0.0, help="weight of the edge term "
+                        "(mini_model.edge_loss) in the fine-tuning loss (default 0: L1 + MSE + KL only)")
     parser.add_argument("--vae-out", type=Path, help="also write the fine-tuned VAE to VAE_OUT/vae (a later run "
                         "takes it with --model VAE_OUT)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "leakage_control.json")
@@ -153,7 +155,8 @@ def main() -> None:
     vae = AutoencoderKLCogVideoX.from_pretrained(Path(args.model) / "vae", torch_dtype=torch.float32).eval()
     config = PrivacyConfig()
     with tempfile.TemporaryDirectory() as tmp:
-        tuned = finetune(vae, args.finetune_steps, Path(tmp) / "training_world") if args.finetune_steps else None
+        tuned = finetune(vae, args.finetune_steps, args.edge_weight,
+                                                 Path(tmp) / "training_world") if args.finetune_steps else None
         if tuned and args.vae_out:
             vae.save_pretrained(args.vae_out / "vae", safe_serialization=True)
         world = make_surgery_world(Path(tmp) / "world", videos=args.videos, size=(192, 128), fps=8.0,

@@ -179,6 +179,18 @@ def test_the_toy_experiment_runs_end_to_end_and_a_rerun_skips_every_step(mini, t
     assert frames.shape == (mini.TOY.frames, mini.TOY.height, mini.TOY.width, 3)
 
 
+def test_the_edge_term_costs_blurred_edges_and_not_a_brightness_offset():
+    import torch
+
+    from ophora.synthetic.mini_model import edge_loss
+
+    x = torch.zeros(1, 3, 1, 16, 16)
+    x[..., 4:12, 6:10] = 1.0  # a bright bar: a letter's stroke
+    blurred = torch.nn.functional.avg_pool3d(x, (1, 3, 3), stride=1, padding=(0, 1, 1), count_include_pad=False)
+    assert float(edge_loss(x, x)) == 0 and float(edge_loss(x + 0.3, x)) < 1e-6
+    assert float(edge_loss(blurred, x)) > 0.01
+
+
 def test_the_mini_model_has_a_trained_vae_with_unit_variance_latents(tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -194,8 +206,9 @@ def test_the_mini_model_has_a_trained_vae_with_unit_variance_latents(tmp_path):
     frames = np.broadcast_to(frames, (18, 48, 64, 3)).copy()
     clip = write_video(tmp_path / "clip.mp4", frames, 8.0)
 
-    record = make_mini_model(tmp_path / "model", [clip], "tiny", 9, 48, 64, vae_steps=2, vae_batch=1)
+    record = make_mini_model(tmp_path / "model", [clip], "tiny", 9, 48, 64, vae_steps=2, vae_batch=1, vae_edge_weight=1.0)
     assert record["vae"]["windows"] == 2 and record["vae"]["steps"] == 2 and "random" in record["text_encoder"]
+    assert record["vae"]["edge_weight"] == 1.0
     pipe = load_pipeline(str(tmp_path / "model"))
     assert pipe.vae.config.latent_channels == 16 and pipe.transformer.config.num_layers == SIZES["tiny"]["transformer"]["num_layers"]
 

@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 KL_WEIGHT = 1e-6  # keeps the posterior near a Gaussian without blurring the reconstructions
 
 
+def edge_loss(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean L1 distance between the horizontal and vertical pixel differences of `y` and `x` (N, C, F, H, W): a
+    gradient-difference term that a blurred edge (thin letters, a logo's outline) costs more than plain L1 does."""
+    return ((y.diff(dim=-1) - x.diff(dim=-1)).abs().mean() + (y.diff(dim=-2) - x.diff(dim=-2)).abs().mean()) / 2
+
+
 def frame_windows(clips: list[Path], frames: int, height: int, width: int, fps: float = 8.0) -> torch.Tensor:
     """Every non-overlapping window of `frames` frames (taken at about `fps`) of the clips, resized to
     height x width, as uint8 (N, 3, frames, H, W)."""
@@ -58,8 +64,10 @@ def psnr(vae, windows: torch.Tensor, device: torch.device, batch: int = 4) -> fl
     return float((-10 * torch.log10(torch.cat(errors).clamp_min(1e-10))).mean())
 
 
-def train_vae(vae, windows: torch.Tensor, steps: int, batch: int, lr: float, device: torch.device, seed: int) -> list[float]:
-    """Train `vae` in place to reconstruct `windows` (L1 + MSE + a small KL); returns the losses."""
+def train_vae(vae, windows: torch.Tensor, steps: int, batch: int, lr: float, device: torch.device, seed: int,
+              edge_weight: float = 0.0) -> list[float]:
+    """Train `vae` in place to reconstruct `windows` (L1 + MSE + a small KL, plus `edge_weight` times `edge_loss`);
+    returns the losses."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=1e-4)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
@@ -77,6 +85,8 @@ def train_vae(vae, windows: torch.Tensor, steps: int, batch: int, lr: float, dev
             y = vae.decode(posterior.sample()).sample
         y = y.float()
         loss = (y - x).abs().mean() + (y - x).pow(2).mean() + KL_WEIGHT * posterior.kl().mean()
+        if edge_weight:
+            loss = loss + edge_weight * edge_loss(y, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -97,8 +107,8 @@ def latent_scale(vae, windows: torch.Tensor, device: torch.device, batch: int = 
 
 
 def make_mini_model(folder: str | Path, clips: list[Path], size: str, frames: int, height: int, width: int,
-                    vae_steps: int, vae_batch: int = 8, vae_lr: float = 1e-3, check_clips: list[Path] = (),
-                    device: str = "cpu", seed: int = 0) -> dict:
+                    vae_steps: int, vae_batch: int = 8, vae_lr: float = 1e-3, vae_edge_weight: float = 0.0,
+                    check_clips: list[Path] = (), device: str = "cpu", seed: int = 0) -> dict:
     """Write a CogVideoX pipeline of `size` whose VAE is trained on `clips` into `folder` (made atomically).
 
     Returns the training record (also written to `folder/ophora_mini.json`): VAE steps, losses, seconds, the
@@ -113,12 +123,13 @@ def make_mini_model(folder: str | Path, clips: list[Path], size: str, frames: in
         vae = pipe.vae.to(dev)
         before = psnr(vae, check, dev)
         start = time.perf_counter()
-        losses = train_vae(vae, windows, vae_steps, vae_batch, vae_lr, dev, seed)
+        losses = train_vae(vae, windows, vae_steps, vae_batch, vae_lr, dev, seed, vae_edge_weight)
         seconds = time.perf_counter() - start
         scale = latent_scale(vae, windows, dev)
         vae.register_to_config(scaling_factor=scale)
         record = {"size": size, "video": {"frames": frames, "height": height, "width": width},
-                  "vae": {"steps": vae_steps, "batch": vae_batch, "lr": vae_lr, "windows": len(windows),
+                  "vae": {"steps": vae_steps, "batch": vae_batch, "lr": vae_lr, "edge_weight": vae_edge_weight,
+                          "windows": len(windows),
                           "seconds": round(seconds, 2), "first_loss": losses[0], "last_loss": losses[-1],
                           "scaling_factor": scale, "psnr_untrained": before, "psnr": psnr(vae, check, dev),
                           "psnr_on": "held-out clips" if check_clips else "training clips"},
