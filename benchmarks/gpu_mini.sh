@@ -17,6 +17,14 @@
   --no-compile --no-cache-dir --upgrade --target /tmp/site ${WHEELS:-.whl-mini}/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# CONTROL=1, in a call of its own once the report is written (the machine still warm): does this run's VAE keep the
+# world's overlays detectable (benchmarks/leakage_control.py on its P2FT pipeline's vae/, a few minutes)? Copy
+# $OUT/leakage_control_run.json into benchmarks/results/.
+if [ -n "$CONTROL" ]; then
+  timeout -s INT 560 python3 benchmarks/leakage_control.py --model /root/mini/p2ft/final --videos 16 --out "$OUT/leakage_control_run.json" \
+    2>&1 | grep -v -i "warn\|deprecat" | tail -25
+  exit 0
+fi
 timeout -s INT ${LIMIT:-560} python3 benchmarks/mini_ophora.py --out /root/mini --device cuda --max-minutes ${MINUTES:-6} --results "$OUT" \
   ${PACK:+--pack "$OUT/state"} ${UNPACK:+--unpack "$UNPACK"} 2>&1 | grep -v -i "warn\|deprecat\|it/s\]"
 # the finished P2FT model (the demo's weights) and the TPT model (to score its videos again), as parts of at most

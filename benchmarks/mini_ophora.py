@@ -77,6 +77,7 @@ class Profile:
     vae_frames: int        # frames per VAE training window (8k+1: the decoder returns 4k+1 frames only for odd k)
     vae_steps: int
     vae_batch: int
+    vae_edge_weight: float  # weight of mini_model.edge_loss in the VAE's loss: keeps letters' edges (leakage_control)
     tpt_config: str
     tpt_steps: int
     p2ft_config: str
@@ -96,14 +97,17 @@ class Profile:
     lr: float
 
 
+# The third run's MINI (docs/evidence.md, "Claim 1: where the overlays are lost"): the second run's plus an edge term in
+# the VAE's loss, 2500 VAE steps (was 1500) and 5000 TPT steps (was 2500), about 4.5 more H200 minutes.
 MINI = Profile(videos=60, holdout=12, small_train=12, width=192, height=128, phases_per_video=(3, 6),
-               seconds=(3.0, 6.0), model="mini", frames=17, vae_frames=9, vae_steps=1500, vae_batch=8,
-               tpt_config="mini-tpt", tpt_steps=2500, p2ft_config="mini-p2ft", p2ft_steps=800, per_phase=6, phases=12,
-               sample_steps=30, guidance=1.0, classifier="mvit_v2_tiny", clip_frames=8, clip_size=32, clip_fps=4.0,
-               clips_per_segment=2, epochs=12, batch=8, lr=2e-3)  # the classifier: tests/test_surgery_world.py's
+               seconds=(3.0, 6.0), model="mini", frames=17, vae_frames=9, vae_steps=2500, vae_batch=8,
+               vae_edge_weight=1.0, tpt_config="mini-tpt", tpt_steps=5000, p2ft_config="mini-p2ft", p2ft_steps=800,
+               per_phase=6, phases=12, sample_steps=30, guidance=1.0, classifier="mvit_v2_tiny", clip_frames=8,
+               clip_size=32, clip_fps=4.0, clips_per_segment=2, epochs=12, batch=8,
+               lr=2e-3)  # the classifier: tests/test_surgery_world.py's
 TOY = Profile(videos=5, holdout=2, small_train=2, width=96, height=64, phases_per_video=(2, 3), seconds=(2.5, 3.0),
-              model="tiny", frames=9, vae_frames=9, vae_steps=3, vae_batch=1, tpt_config="tiny-tpt", tpt_steps=4,
-              p2ft_config="tiny-p2ft", p2ft_steps=2, per_phase=1, phases=4, sample_steps=2, guidance=1.0,
+              model="tiny", frames=9, vae_frames=9, vae_steps=3, vae_batch=1, vae_edge_weight=1.0, tpt_config="tiny-tpt",
+              tpt_steps=4, p2ft_config="tiny-p2ft", p2ft_steps=2, per_phase=1, phases=4, sample_steps=2, guidance=1.0,
               classifier="mvit_v2_tiny", clip_frames=8, clip_size=32, clip_fps=8.0, clips_per_segment=1, epochs=1,
               batch=4, lr=1e-3)
 
@@ -215,7 +219,8 @@ class Experiment:
         check = [self.dataset / "clips" / f"{c}.mp4" for c, lab in sorted(labels.items()) if lab["video"] in held]
         p = self.p
         return make_mini_model(self.out / "model", clips, p.model, p.vae_frames, p.height, p.width, p.vae_steps,
-                               vae_batch=p.vae_batch, check_clips=check[:8], device=self.device)
+                               vae_batch=p.vae_batch, vae_edge_weight=p.vae_edge_weight, check_clips=check[:8],
+                               device=self.device)
 
     def prepare(self) -> dict:
         p = self.p
