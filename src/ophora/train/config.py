@@ -59,7 +59,8 @@ class TrainConfig:
     selective_checkpointing: bool = False  # keep attention outputs instead of recomputing them (see train/blocks.py)
     compile_blocks: bool = False       # torch.compile each transformer block
     fp8_linears: bool = False          # float8 matmuls in the blocks' linears (torchao, SM89+ GPU; else bf16: train/fp8.py)
-    attention: str = "auto"            # auto | sdpa | fa4 (FlashAttention-4, exact; auto: fa4 where it runs, else sdpa)
+    attention: str = "sdpa"            # sdpa | fa4 (FlashAttention-4, exact) | auto (fa4 where it runs, else sdpa);
+    #                                    sdpa stays the default until fa4 has run on a GPU (benchmarks/gpu_fa4.sh)
     allow_tf32: bool = True
     seed: int = 42
     # bookkeeping
