@@ -20,7 +20,7 @@ def to_channels_last(vae) -> None:
     vae._ophora_channels_last = True
 
 
-COMPILE_SETTINGS = ("auto", "on", "off")
+AUTO_ON_OFF = ("auto", "on", "off")  # the values of the VAE switches --vae-compile and --vae-tiling
 
 
 def compile_wanted(setting: str, device: str, count: int | None, minimum: int) -> bool:

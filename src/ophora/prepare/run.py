@@ -31,7 +31,7 @@ from ophora.core.config import option
 from ophora.core.errors import ConfigError, InputError, OphoraError, failure_record
 from ophora.core.models import REQUIRED_PARTS, encoder_fingerprint, file_digest, parse_dtype, resolve_model
 from ophora.core.signals import stop_requests
-from ophora.core.vae_speed import COMPILE_SETTINGS, compile_wanted, speed_up_vae
+from ophora.core.vae_speed import AUTO_ON_OFF, compile_wanted, speed_up_vae
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class PrepareConfig:
     vae_channels_last: bool = option(False, "GPU: the VAE in channels-last (NDHWC) memory layout")
     vae_compile: str = option("auto", "GPU: torch.compile the VAE encoder (each clip size pays ~90 s of compiling on "
                               "an H200, then 0.52 instead of 0.75 s a 49x480x720 clip at batch 4); auto = on when "
-                              f"this rank has at least {VAE_COMPILE_MIN_CLIPS} clips", choices=COMPILE_SETTINGS)
+                              f"this rank has at least {VAE_COMPILE_MIN_CLIPS} clips", choices=AUTO_ON_OFF)
 
     def __post_init__(self) -> None:
         self.dataset, self.out = Path(self.dataset), Path(self.out)
@@ -120,7 +120,7 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     config.frames.check()
     if config.encode_batch is not None and config.encode_batch < 1:
         raise ConfigError(f"--encode-batch must be at least 1, got {config.encode_batch}")
-    if config.vae_compile not in COMPILE_SETTINGS:
+    if config.vae_compile not in AUTO_ON_OFF:
         raise ConfigError(f"--vae-compile must be auto, on or off, got {config.vae_compile!r}")
     pairs = read_pairs(config.dataset, config.csv)
     folder = resolve_model(config.model, ENCODER_PARTS)

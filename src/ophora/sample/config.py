@@ -8,7 +8,7 @@ from pathlib import Path
 from ophora.core.config import option
 from ophora.core.errors import ConfigError, InputError
 from ophora.core.models import frames_problem
-from ophora.core.vae_speed import COMPILE_SETTINGS, compile_wanted
+from ophora.core.vae_speed import AUTO_ON_OFF, compile_wanted
 from ophora.sample.cache_spec import MODES as CACHE_MODES
 from ophora.sample.cache_spec import NEEDS_WHOLE_CFG_BATCH, CacheSpec
 
@@ -50,11 +50,11 @@ class SampleConfig:
     scheduler: str = option("dpm", "sampler", choices=("dpm", "ddim"))
     lora: str | None = option(None, "LoRA weights (folder or .safetensors) to apply")
     lora_scale: float = option(1.0, "LoRA strength")
-    vae_tiling: str = option("auto", "auto: decode untiled when it fits in free GPU memory", choices=("auto", "on", "off"))
+    vae_tiling: str = option("auto", "auto: decode untiled when it fits in free GPU memory", choices=AUTO_ON_OFF)
     vae_compile: str = option("auto", "GPU: torch.compile the VAE decoder, in channels-last layout (changes only bf16 "
                               f"rounding; H200: ~100 s of compiling, then 0.95 s instead of 2.15 s a 49x480x720 "
                               f"decode); auto = on when the run has at least {VAE_COMPILE_MIN_VIDEOS} videos to make",
-                              choices=COMPILE_SETTINGS)
+                              choices=AUTO_ON_OFF)
     vae_channels_last: bool = option(False, "GPU: the VAE's convolutions in channels-last (NDHWC) memory layout, "
                                             "also uncompiled (slower on the H200: 3.15 s a decode)")
     qp: int = option(18, "H.264 constant quantizer, 0-51 (lower is better quality)")
@@ -111,7 +111,7 @@ class SampleConfig:
         if self.frames is not None:
             check_video_shape(self.frames, self.height or 16, self.width or 16, self.fps or 1)
         for name in ("vae_tiling", "vae_compile"):
-            if getattr(self, name) not in COMPILE_SETTINGS:
+            if getattr(self, name) not in AUTO_ON_OFF:
                 raise ConfigError(f"--{name.replace('_', '-')} must be auto, on or off, got {getattr(self, name)!r}")
         if self.cache not in CACHE_MODES:
             raise ConfigError(f"--cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
