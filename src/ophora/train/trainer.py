@@ -29,7 +29,7 @@ from ophora.core.latent_cache import (cache_state, cache_video_settings, intact_
 from ophora.core.models import TRAIN_RECORD, encoder_fingerprint, fingerprint, resolve_model
 from ophora.core.signals import Interrupted, die_with_parent, stop_requests
 from ophora.core.versions import versions
-from ophora.train.blocks import configure_attention, configure_blocks
+from ophora.train.blocks import AUTOCAST_DTYPES, configure_attention, configure_blocks
 from ophora.train.checkpoint import (TrainState, checkpoints, claim_run, resume, save_checkpoint, truncate_metrics,
                                      write_run_record)
 from ophora.train.config import TrainConfig
@@ -347,8 +347,8 @@ def validate(accelerator, model, model_dir: Path, config: TrainConfig, out: Path
 
     if accelerator.is_main_process:
         if validator is None:
-            dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.mixed_precision]
-            validator = Validator(model_dir, accelerator.unwrap_model(model), accelerator.device, dtype)
+            validator = Validator(model_dir, accelerator.unwrap_model(model), accelerator.device,
+                                  AUTOCAST_DTYPES[config.mixed_precision])
         results = validator.render(config, video, out / "validation" / f"step-{step:07d}", accelerator.autocast)
         tracker = accelerator.get_tracker("tensorboard", unwrap=True)
         for i, (_, frame) in enumerate(results):
