@@ -41,11 +41,15 @@ def fp8_eligible(module: torch.nn.Module, fqn: str) -> bool:
 
 
 def to_fp8_linears(model: torch.nn.Module) -> int:
-    """Convert the layers `fp8_eligible` picks to torchao's Float8Linear, in place; returns how many."""
-    from torchao.float8 import convert_to_float8_training
+    """Convert the layers `fp8_eligible` picks to torchao's Float8Linear, in place; returns how many.
+
+    `pad_inner_dim` pads a matmul's inner dimension to a multiple of 16 where it is not one: the weight-gradient
+    matmul's inner dimension is the token count (text + video tokens), 4066 at 17x384x512 (seen on the H200:
+    "Expected self.size(1) to be divisible by 16"); where it already is one (17776 at 49x480x720) nothing is padded."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
     before = sum(type(m) is torch.nn.Linear for m in model.modules())
-    convert_to_float8_training(model, module_filter_fn=fp8_eligible)
+    convert_to_float8_training(model, config=Float8LinearConfig(pad_inner_dim=True), module_filter_fn=fp8_eligible)
     return before - sum(type(m) is torch.nn.Linear for m in model.modules())
 
 
