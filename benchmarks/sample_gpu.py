@@ -235,9 +235,11 @@ def check_run(pipe, config: SampleConfig, size, seed: int, device: str):
 
 def read_stock(path: Path) -> tuple[dict, list[dict]]:
     """Stock timings (stock_cogvideox.py's keys) and the modes already measured, from stock.json or a
-    sample_gpu.json of an earlier invocation in the same run."""
+    sample_gpu.json of an earlier invocation in the same run; in a results file whose runs (`runs`) each keep
+    their stock, the run whose stock is the top-level one."""
     data = json.loads(path.read_text())
-    return data.get("stock_reference", data), data.get("modes", [])
+    runs = [r for r in data.get("runs", {}).values() if r.get("stock_tiled_s") == data.get("stock_s")]
+    return data.get("stock_reference", runs[0]["stock_reference"] if runs else data), data.get("modes", [])
 
 
 def check_modes(names: list[str]) -> str | None:
