@@ -309,14 +309,15 @@ def test_clips_a_full_disk_refused_are_written_on_the_rerun(narrated, tmp_path, 
 
     import pandas as pd
 
+    from ophora.core import media
     from ophora.curate import pipeline
 
-    def full_disk(src, target, *args):
+    def full_disk(target):
         raise OSError(errno.ENOSPC, "No space left on device", str(target))
 
     out = tmp_path / "ds"
     config = pipeline.CurateConfig(input=narrated, out=out, workers=1)
-    monkeypatch.setattr(pipeline, "write_clip", full_disk)
+    monkeypatch.setattr(media, "atomic_path", full_disk)  # every clip file write
     first = pipeline.curate(config)
     failed = pd.read_parquet(out / "manifest.parquet").query("reason == 'write_failed'")
     assert first["clips"]["kept"] == 0 and len(failed) == first["clips"]["dropped_by_reason"]["write_failed"] > 0

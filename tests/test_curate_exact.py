@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ophora.core.media import cut_segment, probe_video, read_video
+from ophora.core import smart_cut
+from ophora.core.media import cut_segment, cut_segments, probe_video, read_video
 from ophora.curate.pipeline import CurateConfig, curate
 
 FPS = 24
@@ -84,6 +85,27 @@ def test_smart_cut_is_exact_between_keyframes(source, tmp_path, span):
     start, end = cut_segment(folder / "case.mp4", tmp_path / "clip.mp4", *span)
     assert start == pytest.approx(np.ceil(span[0] * FPS - 1e-3) / FPS, abs=1e-6)
     _check_exact(tmp_path / "clip.mp4", decoded, *span)
+
+
+@pytest.mark.parametrize("spans, fewer", [
+    ([(0.30, 2.65), (2.65, 5.23)], True),  # adjacent: the group of pictures at 1.5-3.0 s is decoded once
+    ([(0.30, 2.20), (2.70, 5.23)], False),  # a gap inside it (the first clip needs no tail): no more work
+    ([(0.30, 1.70), (3.20, 5.23)], False),  # the next clip starts in a later group: decoded on its own
+])
+def test_adjacent_clips_share_the_decode_of_their_group_of_pictures(source, tmp_path, monkeypatch, spans, fewer):
+    folder, decoded = source
+    calls = []
+    original = smart_cut._decode
+    monkeypatch.setattr(smart_cut, "_decode", lambda *a, **k: calls.append(len(a[1])) or original(*a, **k))
+    targets = [(tmp_path / f"clip{i}.mp4", a, b) for i, (a, b) in enumerate(spans)]
+    alone = [cut_segment(folder / "case.mp4", *target) for target in targets]
+    packets_alone = sum(calls)
+    calls.clear()
+    together = cut_segments(folder / "case.mp4", targets[::-1])[::-1]  # any order in, time order inside
+    assert sum(calls) < packets_alone - 18 if fewer else sum(calls) <= packets_alone, (calls, packets_alone)
+    assert together == alone
+    for target, a, b in targets:
+        _check_exact(target, decoded, a, b)
 
 
 def test_default_curate_keeps_every_clip_exactly(source, tmp_path):

@@ -314,26 +314,82 @@ def cut_segment(src: str | Path, dst: str | Path, start: float, end: float, crf:
     A smart cut (core/smart_cut.py: the frames before the first keyframe and after the last whole group of
     pictures are re-encoded, the rest copied) where the source allows it, else a re-encode of every frame.
     """
+    result = cut_segments(src, [(Path(dst), start, end)], crf, preset)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def cut_segments(src: str | Path, clips: list[tuple[Path, float, float]], crf: int = 18,
+                 preset: str = "veryfast") -> list[tuple[float, float] | MediaError | OSError]:
+    """`cut_segment` for each (target, start, end) of `clips`, with the source opened once and taken in time
+    order: a group of pictures holding one clip's end and the next one's start (adjacent narrated spans) is
+    decoded once. A clip that cannot be written gives its error in its place; the others are still written."""
     src = Path(src)
-    try:
-        with _open(src) as container:
-            stream = video_stream(container)
-            stream.thread_type = "AUTO"
-            tb = stream.time_base
-            base = stream.start_time if stream.start_time is not None else 0
-            container.seek(max(int(start / tb) + base, base), stream=stream, backward=True)
-            packets, end = _packets_until(container, stream, base + int(round(end / tb)), end)
-            if not packets or packets[0].pts > base + int(round((start + 1e-3) / tb)):
-                raise SmartCutUnavailable("the seek landed after the clip start")
-            with atomic_path(dst) as tmp, av.open(str(tmp), mode="w", format="mp4",
-                                                  options={"movflags": "+faststart"}) as out:
-                first, after = smart_cut(src, out, stream, packets, start, end, crf, preset)
-            return float(first * tb), float(after * tb)
-    except SmartCutUnavailable as exc:
-        log.debug("%s: re-encoding [%.2f, %.2f) (%s)", src, start, end, exc)
-    except av.error.FFmpegError as exc:
-        raise MediaError(f"cannot cut {src}: {exc}") from None
-    return encode_segment(src, dst, start, end, crf=crf, preset=preset)
+    results: list = [None] * len(clips)
+    order = sorted(range(len(clips)), key=lambda i: clips[i][1])
+    carry = None
+    with _open(src) as container:
+        stream = video_stream(container)
+        stream.thread_type = "AUTO"
+        smart = smart_cut_config(stream) is not None
+        for n, i in enumerate(order):
+            dst, start, end = clips[i]
+            following = clips[order[n + 1]][1:] if n + 1 < len(order) else None
+            try:
+                try:
+                    if not smart:
+                        raise SmartCutUnavailable(f"{src} is not H.264 yuv420p 8-bit with avcC parameter sets")
+                    results[i], carry = _smart_clip(container, stream, src, Path(dst), start, end, following, carry,
+                                                    crf, preset)
+                    continue
+                except SmartCutUnavailable as exc:
+                    log.debug("%s: re-encoding [%.2f, %.2f) (%s)", src, start, end, exc)
+                except av.error.FFmpegError as exc:
+                    raise MediaError(f"cannot cut {src}: {exc}") from None
+                carry = None
+                results[i] = encode_segment(src, dst, start, end, crf=crf, preset=preset)
+            except (MediaError, OSError) as exc:
+                carry, results[i] = None, exc
+    return results
+
+
+def _smart_clip(container, stream, src: Path, dst: Path, start: float, end: float,
+                following: tuple[float, float] | None, carry, crf: int, preset: str):
+    """One smart cut from the open source; returns its span and the next clip's head frames, if decoded."""
+    tb = stream.time_base
+    base = stream.start_time if stream.start_time is not None else 0
+    container.seek(max(int(start / tb) + base, base), stream=stream, backward=True)
+    packets, end = _packets_until(container, stream, base + int(round(end / tb)), end)
+    if not packets or packets[0].pts > base + int(round((start + 1e-3) / tb)):
+        raise SmartCutUnavailable("the seek landed after the clip start")
+    ahead = None
+    if following:
+        next_pts = base + int(round(following[0] / tb))
+        if any(p.is_keyframe and p.pts > next_pts for p in packets):
+            ahead = []  # the next clip's first keyframe was read already
+        else:
+            ahead = _packets_to_keyframe(container, stream, next_pts, base + int(round(following[1] / tb)))
+    with atomic_path(dst) as tmp, av.open(str(tmp), mode="w", format="mp4",
+                                          options={"movflags": "+faststart"}) as out:
+        first, after, carry = smart_cut(src, out, stream, packets, start, end, crf, preset, carry,
+                                        following[0] if ahead is not None else None, ahead or [])
+    return (float(first * tb), float(after * tb)), carry
+
+
+def _packets_to_keyframe(container, stream, after_pts: int, limit_pts: int) -> list | None:
+    """The next packets, up to the first keyframe shown after `after_pts` (the next clip's start).
+
+    None when a keyframe at or before `after_pts` comes first (the next clip decodes from that one), none
+    comes before `limit_pts`, or the file is damaged first: at most one group of pictures is read ahead."""
+    more = []
+    for packet in _demux(container, stream):
+        if packet is None or packet.pts >= limit_pts or (packet.is_keyframe and packet.pts <= after_pts):
+            return None
+        more.append(packet)
+        if packet.is_keyframe:
+            return more
+    return None
 
 
 def encode_segment(src: str | Path, dst: str | Path, start: float, end: float, crf: int = 18,

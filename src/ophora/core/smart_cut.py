@@ -129,8 +129,7 @@ class _Plan:
 
 def _plan(packets: list, tb: Fraction, base: int, start: float, end: float, length_size: int) -> _Plan:
     """Which packets are copied and which frames are re-encoded, for the frames shown in [start, end)."""
-    start_pts = base + int(round((start - EPS) / tb))
-    end_pts = base + int(round((end - EPS) / tb))
+    start_pts, end_pts = span_pts(start, end, tb, base)
     key = next((i for i, p in enumerate(packets) if p.is_keyframe and start_pts <= p.pts < end_pts), None)
     if key is None or not is_idr(bytes(packets[key]), length_size):
         raise SmartCutUnavailable("no IDR keyframe inside the clip")
@@ -154,29 +153,64 @@ def _plan(packets: list, tb: Fraction, base: int, start: float, end: float, leng
     return _Plan(key, copy_end, tail_from, start_pts, boundary, end_pts)
 
 
-def _decode(ctx, packets: list, lo_pts: int, hi_pts: int, full_from: int = 0) -> list:
-    """Frames shown in [lo_pts, hi_pts) from decoding `packets`.
+def _decode(ctx, packets: list, ranges: list[tuple[int, int]], full_from: int = 0) -> list[list]:
+    """Frames shown in each [lo_pts, hi_pts) of `ranges` from decoding `packets`, one sorted list a range.
 
-    Packets before index `full_from`, or showing a frame outside the range, are decoded only when other
-    frames refer to them (a non-reference frame outside the range would be thrown away)."""
+    Packets before index `full_from`, or showing a frame outside every range, are decoded only when other
+    frames refer to them (a non-reference frame outside the ranges would be thrown away)."""
+    def where(pts) -> int | None:
+        return next((k for k, (lo, hi) in enumerate(ranges) if pts is not None and lo <= pts < hi), None)
+
     ctx.flush_buffers()
-    frames = []
+    found: list[list] = [[] for _ in ranges]
     for i, packet in enumerate([*packets, None]):
-        needed = packet is None or (i >= full_from and lo_pts <= packet.pts < hi_pts)
+        needed = packet is None or (i >= full_from and where(packet.pts) is not None)
         ctx.skip_frame = "DEFAULT" if needed else "NONREF"
         for frame in ctx.decode(packet):
-            if frame.pts is not None and lo_pts <= frame.pts < hi_pts:
-                frames.append(frame)
+            k = where(frame.pts)
+            if k is not None:
+                found[k].append(frame)
     ctx.flush_buffers()
-    return sorted(frames, key=lambda f: f.pts)
+    return [sorted(frames, key=lambda f: f.pts) for frames in found]
+
+
+def span_pts(start: float, end: float, tb: Fraction, base: int) -> tuple[int, int]:
+    """The pts range [first, after) of the frames shown in [start, end) seconds."""
+    return base + int(round((start - EPS) / tb)), base + int(round((end - EPS) / tb))
+
+
+@dataclass
+class Carry:
+    """Decoded frames of the next clip's head, shown in [lo_pts, hi_pts): decoded with this clip's tail when
+    both lie in one group of pictures (adjacent narrated spans), so that group is decoded once."""
+
+    lo_pts: int
+    hi_pts: int
+    frames: list
+
+
+def _carry_range(packets: list, plan: "_Plan", next_start_pts: int | None) -> tuple[int, int] | None:
+    """[next start, its first keyframe) when the next clip's head lies in the group this tail is decoded from."""
+    if next_start_pts is None or next_start_pts < plan.end_pts:
+        return None
+    key_pts = packets[plan.tail_from].pts
+    later = [p.pts for p in packets[plan.tail_from + 1:] if p.is_keyframe]
+    if any(key_pts < pts <= next_start_pts for pts in later):
+        return None  # another group of pictures starts first: the next clip decodes from there
+    head_end = next((pts for pts in later if pts > next_start_pts), None)
+    return None if head_end is None else (next_start_pts, head_end)
 
 
 def smart_cut(src: str | Path, dst_container, stream, packets: list, start: float, end: float,
-              crf: int, preset: str) -> tuple[int, int]:
+              crf: int, preset: str, carry: Carry | None = None, next_start: float | None = None,
+              ahead: list | None = None) -> tuple[int, int, Carry | None]:
     """Write the frames of `stream` shown in [start, end) into the open mp4 `dst_container`.
 
-    `packets` are the source's packets in decode order from a keyframe at or before `start` to past `end`.
-    Returns (pts of the first frame, pts after the last) in the stream's time base.
+    `packets` are the source's packets in decode order from a keyframe at or before `start` to past `end`;
+    `ahead`, the packets after them up to the first keyframe after `next_start` (the next clip's start).
+    `carry`: the previous clip's decoding of this head, used when it covers exactly this head. Returns (pts of
+    the first frame, pts after the last) in the stream's time base, and the next clip's head frames when that
+    head lies in the group of pictures this clip's tail is decoded from.
     """
     config = smart_cut_config(stream)
     if config is None:
@@ -185,8 +219,23 @@ def smart_cut(src: str | Path, dst_container, stream, packets: list, start: floa
     base = stream.start_time if stream.start_time is not None else 0
     plan = _plan(packets, tb, base, start, end, config.length_size)
     ctx = stream.codec_context
-    head = _decode(ctx, packets[:plan.head_end], plan.start_pts, packets[plan.head_end].pts)
-    tail = _decode(ctx, packets[plan.tail_from:], plan.boundary_pts, plan.end_pts, plan.copy_end - plan.tail_from)
+    head_range = (plan.start_pts, packets[plan.head_end].pts)
+    if carry is not None and (carry.lo_pts, carry.hi_pts) == head_range:
+        head = carry.frames
+    else:
+        head = _decode(ctx, packets[:plan.head_end], [head_range])[0] if head_range[0] < head_range[1] else []
+    ranges = [(plan.boundary_pts, plan.end_pts)]
+    shared = None
+    if next_start is not None:
+        shared = _carry_range(packets + (ahead or []), plan, span_pts(next_start, next_start, tb, base)[0])
+    ranges += [shared] if shared else []
+    to_decode = packets[plan.tail_from:]
+    if shared:  # up to the next clip's first keyframe, as its own head decode would go
+        joined = packets + (ahead or [])
+        to_decode = joined[plan.tail_from:next(i for i, p in enumerate(joined) if p.is_keyframe and p.pts == shared[1])]
+    tail, *heads = (_decode(ctx, to_decode, ranges, plan.copy_end - plan.tail_from)
+                    if plan.boundary_pts < plan.end_pts or shared else [[]])
+    after = Carry(*shared, heads[0]) if shared else None
     free = sorted(set(range(32)) - parameter_set_ids(config))
     if not free:
         raise SmartCutUnavailable("the source uses every parameter-set id")
@@ -218,7 +267,7 @@ def smart_cut(src: str | Path, dst_container, stream, packets: list, start: floa
     for packet in encoded:
         if packet.pts >= packets[plan.head_end].pts:
             mux(packet, packet.pts, packet.pts - delay)
-    return first - base, last + step - base
+    return first - base, last + step - base, after
 
 
 def _encode(head: list, tail: list, stream, crf: int, preset: str, ps_id: int,

@@ -40,7 +40,7 @@ from ophora.core.pools import kill_pool, start_pool
 from ophora.core.signals import Interrupted, stop_requests
 from ophora.core.tables import ID_COLUMN, csv_row
 from ophora.core.versions import versions
-from ophora.core.media import (NoVideoStreamError, copy_segment, cut_segment, encode_segment, probe_video,
+from ophora.core.media import (NoVideoStreamError, copy_segment, cut_segments, encode_segment, probe_video,
                                video_rotation)
 from ophora.core.smart_cut import SmartCutUnavailable
 from ophora.curate.subtitles import Cue, find_sidecar, normalize_cues, read_subtitles
@@ -228,7 +228,7 @@ def _thumbnail(scan, start: float, end: float, path: Path) -> None:
 
 
 def judge_clip(job: SourceJob, index: int, scan, rotation: int, config: CurateConfig) -> dict:
-    """Scores and decision of one candidate clip; writes its clip file when it is kept."""
+    """Scores and decision of one candidate clip (`write_clips` writes the kept ones)."""
     span = job.spans[index]
     start, _, _, instruction = span
     end = min(span[1], scan.end_time)
@@ -263,25 +263,45 @@ def judge_clip(job: SourceJob, index: int, scan, rotation: int, config: CurateCo
     pscores = privacy_scores(scan.ocr_stack(a, b, config.privacy.frames), greys, config.privacy,
                              scan.ocr_stack(a, b, config.privacy.frames, strips=True))
     row.update(pscores, privacy_reason=privacy_reason(pscores, config.privacy))
-    try:
-        a, b = write_clip(job.path, config.out / "clips" / f"{clip_id}.mp4", a, b, rotation, config)
-    except (MediaError, av.error.FFmpegError, OSError) as exc:
-        log.warning("%s: cannot write the clip (%s)", clip_id, exc)
-        return {**row, "reason": "write_failed"}
     return {**row, "start": a, "end": b, "duration": b - a, "decision": "keep"}
 
 
-def write_clip(src: str, target: Path, start: float, end: float, rotation: int, config: CurateConfig) -> tuple[float, float]:
-    """Write the clip file in `config.clip_mode`; returns the span it holds."""
+def write_clips(src: str, rows: list[dict], rotation: int, config: CurateConfig) -> list[dict]:
+    """Write the clip file of every kept row in `config.clip_mode`; a clip that cannot be written is dropped
+    (`write_failed`), and each kept row gets the span its file holds."""
+    kept = [r for r in rows if r["decision"] == "keep"]
+    targets = [(config.out / "clips" / f"{r['clip_id']}.mp4", r["start"], r["end"]) for r in kept]
     encode = dict(crf=config.crf, preset=config.preset)
     if config.clip_mode == "smart" and not rotation:
-        return cut_segment(src, target, start, end, **encode)
-    if config.clip_mode == "copy" and not rotation:
-        try:
-            return copy_segment(src, target, start, end)
-        except SmartCutUnavailable:
-            pass  # packets an .mp4 player cannot take: re-encoded, exactly
-    return encode_segment(src, target, start, end, rotation=rotation, max_height=config.max_height, **encode)
+        results = cut_segments(src, targets, **encode)
+    else:
+        results = [_write_one(src, target, a, b, rotation, config) for target, a, b in targets]
+    written = {}
+    for row, result in zip(kept, results):
+        if isinstance(result, Exception):
+            log.warning("%s: cannot write the clip (%s)", row["clip_id"], result)
+            written[row["clip_id"]] = {**row, "decision": "drop", "reason": "write_failed"}
+        else:
+            a, b = result
+            written[row["clip_id"]] = {**row, "start": a, "end": b, "duration": b - a}
+    return [written.get(r["clip_id"], r) for r in rows]
+
+
+def _write_one(src: str, target: Path, start: float, end: float, rotation: int,
+               config: CurateConfig) -> tuple[float, float] | Exception:
+    """One clip in `copy` or `reencode` mode (or rotated); its span, or the error that stopped it."""
+    encode = dict(crf=config.crf, preset=config.preset)
+    try:
+        if config.clip_mode == "copy" and not rotation:
+            try:
+                return copy_segment(src, target, start, end)
+            except SmartCutUnavailable:
+                pass  # packets an .mp4 player cannot take: re-encoded, exactly
+        return encode_segment(src, target, start, end, rotation=rotation, max_height=config.max_height, **encode)
+    except (MediaError, OSError) as exc:
+        return exc
+    except av.error.FFmpegError as exc:
+        return MediaError(f"cannot cut {src}: {exc}")
 
 
 def process_source(job: SourceJob, config: CurateConfig) -> dict:
@@ -301,7 +321,8 @@ def process_source(job: SourceJob, config: CurateConfig) -> dict:
             scan = scan_source(Path(job.path), spans, config.filters, rotation, config.privacy.ocr_long_side,
                                config.privacy.margin_band, config.privacy.margin_long_side)
             scan.fps = info.fps
-            record["rows"] = [judge_clip(job, i, scan, rotation, config) for i in range(len(job.spans))]
+            rows = [judge_clip(job, i, scan, rotation, config) for i in range(len(job.spans))]
+            record["rows"] = write_clips(job.path, rows, rotation, config)
     except (MediaError, av.error.FFmpegError) as exc:
         record.update(skipped="undecodable", detail=str(exc), rows=[])
     except Exception as exc:  # a bug or a transient failure: recorded, retried on a rerun (core/errors.py)
