@@ -108,6 +108,15 @@ def test_adjacent_clips_share_the_decode_of_their_group_of_pictures(source, tmp_
         _check_exact(target, decoded, a, b)
 
 
+def test_a_clip_that_cannot_be_written_leaves_the_next_one_whole(source, tmp_path):
+    folder, decoded = source
+    (tmp_path / "a file").write_text("not a folder")
+    results = cut_segments(folder / "case.mp4", [(tmp_path / "a file" / "a.mp4", 0.30, 2.65),
+                                                 (tmp_path / "b.mp4", 2.65, 5.23)])
+    assert isinstance(results[0], OSError) and not isinstance(results[1], Exception)
+    _check_exact(tmp_path / "b.mp4", decoded, 2.65, 5.23)
+
+
 def test_default_curate_keeps_every_clip_exactly(source, tmp_path):
     folder, decoded = source
     curate(CurateConfig(input=folder, out=tmp_path, workers=1))

@@ -351,6 +351,8 @@ def cut_segments(src: str | Path, clips: list[tuple[Path, float, float]], crf: i
                 results[i] = encode_segment(src, dst, start, end, crf=crf, preset=preset)
             except (MediaError, OSError) as exc:
                 carry, results[i] = None, exc
+            except av.error.FFmpegError as exc:  # the re-encode's encoder: this clip only
+                carry, results[i] = None, MediaError(f"cannot re-encode [{start:.2f}, {end:.2f}) s of {src}: {exc}")
     return results
 
 
