@@ -41,6 +41,14 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def narrated_videos(tmp_path_factory) -> Path:
+    """`make_narrated_videos`' folder, written once per session (read it; copy what a test changes)."""
+    from ophora.synthetic.narrated_videos import make_narrated_videos
+
+    return make_narrated_videos(tmp_path_factory.mktemp("narrated-videos"))
+
+
+@pytest.fixture(scope="session")
 def real_data() -> Path:
     """../shared/data/real, or a skip when this checkout has no shared folder beside it."""
     if not REAL_DATA.is_dir():

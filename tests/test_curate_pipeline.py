@@ -21,13 +21,13 @@ import pandas as pd
 import pytest
 
 from ophora.curate.pipeline import CurateConfig, curate
-from ophora.synthetic.narrated_videos import EyeScene, make_narrated_videos
+from ophora.synthetic.narrated_videos import EyeScene
 from ophora.core.media import VideoWriter, read_video
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory) -> Path:
-    return make_narrated_videos(tmp_path_factory.mktemp("samples"))
+def samples(narrated_videos) -> Path:
+    return narrated_videos
 
 
 @pytest.fixture(scope="module")

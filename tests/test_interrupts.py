@@ -149,10 +149,8 @@ def test_train_two_ctrl_c_stop_at_once_without_a_traceback(tiny_model, cache, tm
 
 
 @pytest.fixture(scope="module")
-def narrated(tmp_path_factory) -> Path:
-    from ophora.synthetic.narrated_videos import make_narrated_videos
-
-    return make_narrated_videos(tmp_path_factory.mktemp("narrated"))
+def narrated(narrated_videos) -> Path:
+    return narrated_videos
 
 
 def workers_started(tag: str) -> bool:
