@@ -14,7 +14,7 @@ import numpy as np
 
 from ophora.core.errors import MediaError
 from ophora.core.files import atomic_path
-from ophora.core.smart_cut import SmartCutUnavailable, smart_cut, smart_cut_config
+from ophora.core.smart_cut import SmartCutUnavailable, smart_cut, smart_cut_config, span_pts
 
 log = logging.getLogger(__name__)
 
@@ -367,11 +367,11 @@ def _smart_clip(container, stream, src: Path, dst: Path, start: float, end: floa
         raise SmartCutUnavailable("the seek landed after the clip start")
     ahead = None
     if following:
-        next_pts = base + int(round(following[0] / tb))
+        next_pts, next_end_pts = span_pts(*following, tb, base)  # as the next clip's own cut counts them
         if any(p.is_keyframe and p.pts > next_pts for p in packets):
             ahead = []  # the next clip's first keyframe was read already
         else:
-            ahead = _packets_to_keyframe(container, stream, next_pts, base + int(round(following[1] / tb)))
+            ahead = _packets_to_keyframe(container, stream, next_pts, next_end_pts)
     with atomic_path(dst) as tmp, av.open(str(tmp), mode="w", format="mp4",
                                           options={"movflags": "+faststart"}) as out:
         first, after, carry = smart_cut(src, out, stream, packets, start, end, crf, preset, carry,

@@ -189,7 +189,7 @@ class Carry:
     frames: list
 
 
-def _carry_range(packets: list, plan: "_Plan", next_start_pts: int | None) -> tuple[int, int] | None:
+def _carry_range(packets: list, plan: _Plan, next_start_pts: int | None) -> tuple[int, int] | None:
     """[next start, its first keyframe) when the next clip's head lies in the group this tail is decoded from."""
     if next_start_pts is None or next_start_pts < plan.end_pts:
         return None
@@ -225,13 +225,11 @@ def smart_cut(src: str | Path, dst_container, stream, packets: list, start: floa
     else:
         head = _decode(ctx, packets[:plan.head_end], [head_range])[0] if head_range[0] < head_range[1] else []
     ranges = [(plan.boundary_pts, plan.end_pts)]
-    shared = None
-    if next_start is not None:
-        shared = _carry_range(packets + (ahead or []), plan, span_pts(next_start, next_start, tb, base)[0])
+    joined = packets + (ahead or [])
+    shared = None if next_start is None else _carry_range(joined, plan, span_pts(next_start, next_start, tb, base)[0])
     ranges += [shared] if shared else []
     to_decode = packets[plan.tail_from:]
     if shared:  # up to the next clip's first keyframe, as its own head decode would go
-        joined = packets + (ahead or [])
         to_decode = joined[plan.tail_from:next(i for i, p in enumerate(joined) if p.is_keyframe and p.pts == shared[1])]
     tail, *heads = (_decode(ctx, to_decode, ranges, plan.copy_end - plan.tail_from)
                     if plan.boundary_pts < plan.end_pts or shared else [[]])

@@ -276,7 +276,7 @@ def write_clips(src: str, rows: list[dict], rotation: int, config: CurateConfig)
     if config.clip_mode == "smart" and not rotation:
         results = cut_segments(src, targets, **encode)
     else:
-        results = [_write_one(src, target, a, b, rotation, config) for target, a, b in targets]
+        results = [_write_one(src, target, a, b, rotation, config, encode) for target, a, b in targets]
     written = {}
     for row, result in zip(kept, results):
         if isinstance(result, Exception):
@@ -288,10 +288,9 @@ def write_clips(src: str, rows: list[dict], rotation: int, config: CurateConfig)
     return [written.get(r["clip_id"], r) for r in rows]
 
 
-def _write_one(src: str, target: Path, start: float, end: float, rotation: int,
-               config: CurateConfig) -> tuple[float, float] | Exception:
+def _write_one(src: str, target: Path, start: float, end: float, rotation: int, config: CurateConfig,
+               encode: dict) -> tuple[float, float] | Exception:
     """One clip in `copy` or `reencode` mode (or rotated); its span, or the error that stopped it."""
-    encode = dict(crf=config.crf, preset=config.preset)
     try:
         if config.clip_mode == "copy" and not rotation:
             try:
